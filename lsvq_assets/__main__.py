@@ -1,0 +1,5 @@
+import sys
+
+from lsvq_assets.cli import main
+
+sys.exit(main())

@@ -1,0 +1,68 @@
+"""Where every file goes, derived from the working directory and the seed's path flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+STORE_NAME = "clip-state.sqlite3"
+
+
+@dataclass(frozen=True)
+class Layout:
+    lsvq_dir: Path
+    manifest_csv: Path
+    progress_path: Path
+    clips_dir: Path
+    output: Path
+    manifest_out: Path
+
+    @classmethod
+    def create(
+        cls,
+        lsvq_dir: str | Path,
+        manifest_csv: str = "",
+        progress_path: str = "",
+        clips_subdir: str = "clips",
+        output: str = "",
+        manifest_out: str = "",
+    ) -> "Layout":
+        """Apply the seed's defaults: every path empty here falls back to one under ``lsvq_dir``."""
+        base = Path(lsvq_dir).expanduser().absolute()
+        out = Path(output).expanduser().absolute() if output else base / "lsvq.jsonl"
+        if manifest_out:
+            mout = Path(manifest_out).expanduser().absolute()
+        else:
+            mout = out.with_name(out.name[: -len(".jsonl")] + ".manifest.json" if out.name.endswith(".jsonl") else out.name + ".manifest.json")
+        return cls(
+            lsvq_dir=base,
+            manifest_csv=Path(manifest_csv).expanduser().absolute() if manifest_csv else base / "manifest.csv",
+            progress_path=Path(progress_path).expanduser().absolute() if progress_path else base / ".download-progress.json",
+            clips_dir=base / clips_subdir,
+            output=out,
+            manifest_out=mout,
+        )
+
+    @property
+    def store_path(self) -> Path:
+        return self.lsvq_dir / STORE_NAME
+
+    @property
+    def archives_dir(self) -> Path:
+        return self.lsvq_dir / "archives"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.lsvq_dir / ".dagster"
+
+    def slice_file(self, key: str, name: str) -> Path:
+        """The file an asset writes for one slice, e.g. ``slice_file("yfcc-batch1", "clips.parquet")``."""
+        return self.lsvq_dir / "slices" / key / name
+
+    def clip_path(self, src: str) -> Path:
+        """The clip's path under the clips directory; ValueError if ``src`` would land outside it."""
+        path = os.path.normpath(os.path.join(self.clips_dir, src))
+        if not path.startswith(str(self.clips_dir) + os.sep):
+            raise ValueError(f"clip path {src!r} lands outside {self.clips_dir}")
+        return Path(path)
