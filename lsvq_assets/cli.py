@@ -27,6 +27,15 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
     "attrition_warn_threshold": ("lsvq", "attrition_warn_threshold"),
     "max_rows": ("lsvq", "max_rows"),
     "min_csv_rows": ("lsvq", "min_csv_rows"),
+    "source": ("clip_source", "source"),
+    "clip_url_template": ("clip_source", "clip_url_template"),
+    "archive_url_template": ("clip_source", "archive_url_template"),
+    "local_clips": ("clip_source", "local_clips"),
+    "keep_archives": ("clip_source", "keep_archives"),
+    "concurrency": ("clip_source", "concurrency"),
+    "download_timeout_s": ("clip_source", "download_timeout_s"),
+    "probe_backend": ("prober", "backend"),
+    "ffprobe_bin": ("prober", "ffprobe_bin"),
 }
 
 
@@ -49,6 +58,18 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-rows", type=int, help="row cap in manifest order (default: 500; 0 = all; LSVQ_MAX_ROWS)")
     a("--full", action="store_true", help="no row cap: ingest the whole manifest")
     a("--min-csv-rows", type=int, help="refuse a manifest with fewer data rows (default: 1000)")
+    a("--download-timeout-s", type=float, help="connect and read timeout per request, seconds (default: 120)")
+    a("--concurrency", type=int, help="clips downloaded at once (default: 16; LSVQ_CONCURRENCY)")
+    a("--clip-url-template", help="per-clip URL from {name} {folder} {stem} {suffix} when the manifest has no URL column")
+    a("--source", choices=["auto", "url", "archive", "local"], help="where clips come from (default: auto; LSVQ_SOURCE)")
+    a("--archive-url-template", help="folder archive URL with {folder} (LSVQ_ARCHIVE_URL_TEMPLATE)")
+    a("--local-clips", help="directory of already extracted clips, for --source local (LSVQ_LOCAL_CLIPS)")
+    a("--keep-archives", action="store_true", default=None, help="keep folder archives after their slice succeeded")
+    a("--probe-backend", choices=["pyav", "ffprobe"], help="pyav (in-process, default) or ffprobe (LSVQ_PROBE_BACKEND)")
+    a("--ffprobe-bin", help="ffprobe binary (default: $FFPROBE_BIN or ffprobe); naming it selects --probe-backend ffprobe")
+    a("--curl-bin", help="accepted for the seed's scripts and ignored: clips are fetched in-process")
+    a("--retry-failed", action="store_true", help="also retry clips that failed permanently (404, 410, empty body)")
+    a("--verify", action="store_true", help="re-hash clips already on disk instead of trusting their recorded size")
     a("--dry-run", action="store_true", help="parse, validate and slice; download nothing; print JSON")
     a("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
@@ -67,7 +88,21 @@ def resolve_config(args: argparse.Namespace, environ: os._Environ | dict | None 
             config.setdefault(resource, {})[field] = value
     if args.full:
         config.setdefault("lsvq", {})["max_rows"] = 0
+    if args.ffprobe_bin and not args.probe_backend and not environ.get("LSVQ_PROBE_BACKEND"):
+        config.setdefault("prober", {})["backend"] = "ffprobe"
     return config
+
+
+def _invalid_settings(exc: ValueError) -> str:
+    """One line naming each bad setting, its LSVQ_* variable and value."""
+    problems = []
+    for err in getattr(exc, "errors", lambda: [])() or [{"loc": (), "msg": str(exc)}]:
+        field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        var = ENV_VARS.get("lsvq", {}).get(field)
+        where = f"{field} ({var})" if var else field
+        value = f" = {err['input']!r}" if "input" in err else ""
+        problems.append(f"{where}{value}: {err.get('msg', 'invalid')}")
+    return "invalid setting: " + "; ".join(problems) + "."
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lsvq_assets.settings import LsvqSettings
 
         config = resolve_config(args)
-        lsvq = LsvqSettings(**config.get("lsvq", {}))
+        try:
+            lsvq = LsvqSettings(**config.get("lsvq", {}))
+        except ValueError as exc:  # pydantic's ValidationError, e.g. LSVQ_MAX_ROWS=abc
+            raise UserError(_invalid_settings(exc)) from None
         manifest = lsvq.read_manifest()
         slices = lsvq.slices(manifest)
         if args.dry_run:
@@ -99,7 +137,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from lsvq_assets.runner import run_cli
 
-        return run_cli(config, manifest, slices, log_level=args.log_level)
+        from lsvq_assets.resources import ProbeResource
+
+        ProbeResource(**config.get("prober", {})).prober()  # a missing ffprobe is a user error, found before any run
+        options = {"retry_failed": args.retry_failed, "verify": args.verify}
+        argv_used = list(sys.argv[1:] if argv is None else argv)
+        return run_cli(config, manifest, slices, log_level=args.log_level, options=options, argv=argv_used)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

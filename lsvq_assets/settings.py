@@ -59,6 +59,17 @@ ENV_VARS: dict[str, dict[str, str]] = {
         "max_rows": "LSVQ_MAX_ROWS",
         "min_csv_rows": "LSVQ_MIN_CSV_ROWS",
     },
+    "clip_source": {
+        "source": "LSVQ_SOURCE",
+        "clip_url_template": "LSVQ_CLIP_URL_TEMPLATE",
+        "archive_url_template": "LSVQ_ARCHIVE_URL_TEMPLATE",
+        "local_clips": "LSVQ_LOCAL_CLIPS",
+        "concurrency": "LSVQ_CONCURRENCY",
+    },
+    "prober": {
+        "backend": "LSVQ_PROBE_BACKEND",
+        "ffprobe_bin": "FFPROBE_BIN",
+    },
 }
 
 

@@ -27,7 +27,7 @@ BROKEN_KINDS = ("random", "truncated", "audio-only", "empty")
 
 _ENCODER_OPTIONS = {
     "libx264": {"preset": "ultrafast", "threads": "1"},
-    "libx265": {"preset": "ultrafast", "x265-params": "log-level=error:pools=none:frame-threads=1"},
+    "libx265": {"preset": "ultrafast", "x265-params": "log-level=error:pools=none:frame-threads=1:cutree=0"},
     "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "threads": "1", "lag-in-frames": "0"},
     "mpeg4": {"threads": "1"},
 }

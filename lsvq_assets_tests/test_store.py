@@ -261,6 +261,26 @@ def test_record_many_is_atomic_on_error(db: Path) -> None:
         s.record_many([])  # no-op
 
 
+def test_failure_inside_transaction_rolls_back(db: Path) -> None:
+    with ClipStore(db) as s:
+        with pytest.raises(OverflowError):  # raised by sqlite3 mid-executemany
+            s.record_many([ClipRecord(src="a.mp4", state="done", sha256="a"),
+                           ClipRecord(src="b.mp4", state="done", sha256="b", size=2**64)])
+        assert s.get("a.mp4") is None
+        s.record(ClipRecord(src="c.mp4", state="done", sha256="c"))  # connection still usable
+        assert s.get("c.mp4").sha256 == "c"
+
+
+def test_connections_of_finished_threads_are_released(db: Path) -> None:
+    with ClipStore(db) as s:
+        for i in range(5):
+            t = threading.Thread(target=s.record, args=(ClipRecord(src=f"{i}.mp4", state="done"),))
+            t.start()
+            t.join()
+        assert len(s._conns) <= 2  # the main thread's + the last (finished) worker's
+        assert s.counts()["done"] == 5
+
+
 _states = st.sampled_from(CLIP_STATES)
 _shas = st.sampled_from([None, "s1", "s2"])
 

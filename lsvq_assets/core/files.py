@@ -36,3 +36,16 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:
+    """(sha256 hex digest, size) of a file, read in fixed-size chunks."""
+    import hashlib
+
+    h = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(bufsize):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

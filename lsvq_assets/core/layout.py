@@ -62,7 +62,8 @@ class Layout:
 
     def clip_path(self, src: str) -> Path:
         """The clip's path under the clips directory; ValueError if ``src`` would land outside it."""
-        path = os.path.normpath(os.path.join(self.clips_dir, src))
-        if not path.startswith(str(self.clips_dir) + os.sep):
+        base = os.path.normpath(self.clips_dir)  # clips_dir may hold ".." (--lsvq-dir ../lsvq)
+        path = os.path.normpath(os.path.join(base, src))
+        if not path.startswith(base + os.sep):
             raise ValueError(f"clip path {src!r} lands outside {self.clips_dir}")
         return Path(path)

@@ -191,11 +191,13 @@ def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns
     name_i, mos_i, url_i, sd_i, n_i = (columns.get(k) for k in ("name", "mos", "url", "sd", "n"))
     for line, rec in data:
         name = _first(rec, name_i)
-        problem = name_problem(name)
+        # The suffix lengthens the last component: check the file name too (255 bytes at most).
+        problem = name_problem(name) or name_problem(name + suffix)
         if problem:
             dropped.append(DroppedRow(line, name[:200], problem))
             continue
-        mos = _finite(_first(rec, mos_i))
+        # A labels row needs a name and a MOS field: a lone field is not both.
+        mos = _finite(_first(rec, mos_i)) if manifest.format == "csv" or len(rec) > 1 else None
         if mos is None:
             dropped.append(DroppedRow(line, name, "bad-mos"))
             continue
@@ -210,5 +212,6 @@ def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns
         seen.add(src)
         sd = _finite(_first(rec, sd_i)) or 0.0
         n = _finite(_first(rec, n_i))
+        n = n if n is not None and abs(n) < 2**63 else None  # parquet's int64; junk like 1e30 -> 0
         folder = name.split("/", 1)[0] if "/" in name else ""
         rows.append(ManifestRow(len(rows), line, name, src, folder, mos, sd, int(n) if n else 0, url))

@@ -25,9 +25,11 @@ def cap_rows(rows: Sequence[ManifestRow], max_rows: int) -> list[ManifestRow]:
 
 def folder_key(folder: str) -> str:
     """The slice key of a folder: the name itself when it is a safe key, else a sanitised name + hash."""
-    if SAFE_KEY.fullmatch(folder) and ".." not in folder:
+    # All-digit names are the flat chunks' keys (0000, 0001...): a folder must not share one.
+    if SAFE_KEY.fullmatch(folder) and ".." not in folder and not folder.isdigit():
         return folder
-    clean = re.sub(r"[^A-Za-z0-9._-]+", "_", folder).strip("._-")[:60] or "folder"
+    # No ".." in a key: Dagster reads "a...b" as a range of partition keys.
+    clean = re.sub(r"\.{2,}", ".", re.sub(r"[^A-Za-z0-9._-]+", "_", folder)).strip("._-")[:60] or "folder"
     return f"{clean}-{hashlib.sha256(folder.encode()).hexdigest()[:8]}"
 
 

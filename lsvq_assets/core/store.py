@@ -278,23 +278,28 @@ class ClipStore:
         return conn
 
     def _conn(self) -> sqlite3.Connection:
-        if self._closed:
-            raise sqlite3.ProgrammingError("ClipStore is closed")
         thread = threading.current_thread()
         with self._lock:
+            if self._closed:
+                raise sqlite3.ProgrammingError("ClipStore is closed")
             if os.getpid() != self._pid:
-                # Forked child: never touch the parent's connections.
+                # Forked child: never touch (or close) the parent's connections.
                 self._conns = {}
                 self._pid = os.getpid()
             conn = self._conns.get(thread)
             if conn is not None:
                 return conn
             # Drop connections of threads that have ended.
-            for t in [t for t in self._conns if not t.is_alive()]:
-                self._conns.pop(t).close()
-            conn = self._connect()
+            stale = [self._conns.pop(t) for t in list(self._conns) if not t.is_alive()]
+        for old in stale:
+            old.close()
+        conn = self._connect()  # outside the lock: may wait on other processes
+        with self._lock:
+            if self._closed:
+                conn.close()
+                raise sqlite3.ProgrammingError("ClipStore is closed")
             self._conns[thread] = conn
-            return conn
+        return conn
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
@@ -303,11 +308,16 @@ class ClipStore:
         conn.execute("BEGIN IMMEDIATE")
         try:
             yield conn
+            conn.execute("COMMIT")
         except BaseException:
+            # Also reached when COMMIT itself fails (disk full, I/O error):
+            # never leave the connection inside a dangling transaction.
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        conn.execute("COMMIT")
 
     @contextmanager
     def _read(self) -> Iterator[sqlite3.Connection]:
@@ -524,6 +534,6 @@ class ClipStore:
             imported = conn.total_changes - before
             conn.execute(
                 "INSERT INTO seed_imports (sha256, path, rows, imported_at_utc) VALUES (?, ?, ?, ?)",
-                (digest, str(progress_path.resolve()), imported, now),
+                (digest, str(progress_path.absolute()), imported, now),
             )
         return imported

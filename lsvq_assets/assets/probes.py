@@ -1,0 +1,85 @@
+"""lsvq_probes[slice]: width, height, frame rate, duration, pixel format and codec of each clip."""
+
+import hashlib
+import json
+from collections import Counter
+
+import dagster as dg
+import pyarrow as pa
+
+from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
+from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, md_table
+from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.tables import read_table, write_table
+from lsvq_assets.partitions import slices_partitions
+from lsvq_assets.probing.pool import ProbeItem, probe_clips
+from lsvq_assets.resources import ProbeResource
+from lsvq_assets.settings import LsvqSettings
+from lsvq_assets.sources.base import FAILED
+
+PROBES_FILE = "probes.parquet"
+PROBES_SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("sha256", pa.string()),
+        ("width", pa.int64()),
+        ("height", pa.int64()),
+        ("framerate", pa.float64()),
+        ("duration_s", pa.float64()),
+        ("pix_fmt", pa.string()),
+        ("encoder_upstream", pa.string()),
+    ]
+)
+
+
+def _summary(table: list[dict]) -> str:
+    def top(counter: Counter) -> str:
+        return ", ".join(f"{k} ({v})" for k, v in counter.most_common(8)) or "none"
+
+    return "\n".join(
+        [
+            f"**{len(table)} clips probed**",
+            f"- codecs: {top(Counter(r['encoder_upstream'] for r in table))}",
+            f"- resolutions: {top(Counter("%dx%d" % (r["width"], r["height"]) for r in table))}",
+            f"- frame rates: {top(Counter(round(r['framerate'], 3) for r in table))}",
+            f"- pixel formats: {top(Counter(r['pix_fmt'] for r in table))}",
+        ]
+    )
+
+
+@dg.asset(
+    partitions_def=slices_partitions,
+    deps=[lsvq_clips],
+    group_name=GROUP,
+    kinds={"python", "parquet", "ffmpeg"},
+    owners=OWNERS,
+    code_version="1",
+)
+def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: ProbeResource) -> dg.MaterializeResult:
+    """The slice's probe table: one row per clip that opened as a video (ffprobe's rules)."""
+    key = context.partition_key
+    layout = lsvq.layout()
+    clips = [c for c in read_table(layout.slice_file(key, CLIPS_FILE)) if c["status"] != FAILED]
+    items = [ProbeItem(c["src"], layout.clip_path(c["src"]), c["sha256"], c["size"]) for c in clips]
+    impl = prober.prober()
+    with ClipStore(layout.store_path) as store:
+        result = probe_clips(items, impl, store, prober.concurrency)
+    table = [{"src": it.src, "sha256": it.sha256, **result.probes[it.src]} for it in items if it.src in result.probes]
+    path = layout.slice_file(key, PROBES_FILE)
+    write_table(path, table, PROBES_SCHEMA)
+    broken = [{"src": s, "reason": r} for s, r in result.broken.items()]
+    version = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:24]
+    return dg.MaterializeResult(
+        metadata={
+            "dagster/row_count": len(table),
+            "dagster/uri": dg.MetadataValue.path(str(path)),
+            "dagster/column_schema": column_schema(PROBES_SCHEMA),
+            "backend": impl.name,
+            "probed": result.probed,
+            "cached": result.cached,
+            "broken": len(broken),
+            "broken_clips": md_table(broken, ["src", "reason"], limit=50),
+            "summary": dg.MetadataValue.md(_summary(table)),
+        },
+        data_version=dg.DataVersion(version),
+    )

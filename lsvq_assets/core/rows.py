@@ -1,0 +1,101 @@
+"""MOS-corpus rows: the 15 keys, their exact bytes, dedup and shard assembly."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+CORPUS = "lsvq"
+# key -> the JSON types a value may have
+ROW_TYPES: dict[str, tuple[type, ...]] = {
+    "src": (str,),
+    "src_sha256": (str,),
+    "src_size_bytes": (int,),
+    "width": (int,),
+    "height": (int,),
+    "framerate": (float, int),
+    "duration_s": (float, int),
+    "pix_fmt": (str,),
+    "encoder_upstream": (str,),
+    "mos": (float, int),
+    "mos_std_dev": (float, int),
+    "n_ratings": (int,),
+    "corpus": (str,),
+    "corpus_version": (str,),
+    "ingested_at_utc": (str,),
+}
+ROW_KEYS = tuple(sorted(ROW_TYPES))
+
+
+def build_row(manifest_row: Mapping, clip: Mapping, probe: Mapping, corpus_version: str) -> dict:
+    """One MOS-corpus row from a manifest row, its clip outcome and its probe."""
+    return {
+        "src": manifest_row["src"],
+        "src_sha256": clip["sha256"],
+        "src_size_bytes": int(clip["size"]),
+        "width": int(probe["width"]),
+        "height": int(probe["height"]),
+        "framerate": float(probe["framerate"]),
+        "duration_s": float(probe["duration_s"]),
+        "pix_fmt": probe["pix_fmt"],
+        "encoder_upstream": probe["encoder_upstream"],
+        "mos": float(manifest_row["mos"]),
+        "mos_std_dev": float(manifest_row["mos_std_dev"]),
+        "n_ratings": int(manifest_row["n_ratings"]),
+        "corpus": CORPUS,
+        "corpus_version": corpus_version,
+        "ingested_at_utc": clip["ingested_at_utc"],
+    }
+
+
+def row_line(row: Mapping) -> str:
+    """The row's bytes in the shard (without newline): the seed's ``json.dumps(row, sort_keys=True)``."""
+    return json.dumps(row, sort_keys=True)
+
+
+def line_problems(line: str) -> list[str]:
+    """What is wrong with one shard line against the schema (empty when it is valid)."""
+    try:
+        row = json.loads(line)
+    except ValueError as exc:
+        return [f"not JSON: {exc}"]
+    if not isinstance(row, dict):
+        return ["not an object"]
+    problems = []
+    if set(row) != set(ROW_KEYS):
+        missing, extra = set(ROW_KEYS) - set(row), set(row) - set(ROW_KEYS)
+        problems.append(f"keys: missing {sorted(missing)}, extra {sorted(extra)}")
+    for key, types in ROW_TYPES.items():
+        if key in row and (not isinstance(row[key], types) or isinstance(row[key], bool)):
+            problems.append(f"{key}: {type(row[key]).__name__} is not {'/'.join(t.__name__ for t in types)}")
+    mos = row.get("mos")
+    if isinstance(mos, (int, float)) and not math.isfinite(mos):
+        problems.append("mos is not finite")
+    if not problems and row_line(row) != line:
+        problems.append("bytes differ from json.dumps(row, sort_keys=True)")
+    return problems
+
+
+@dataclass
+class Assembled:
+    lines: list[str]
+    dedups: int
+    duplicates: list[tuple[str, str]]  # (src dropped, src kept)
+
+
+def assemble(rows: Iterable[tuple[int, str]]) -> Assembled:
+    """Order (manifest index, line) pairs by index and drop later lines whose sha256 was seen."""
+    kept: dict[str, str] = {}
+    out = Assembled([], 0, [])
+    for _, line in sorted(rows, key=lambda pair: pair[0]):
+        row = json.loads(line)
+        first = kept.get(row["src_sha256"])
+        if first is not None:
+            out.dedups += 1
+            out.duplicates.append((row["src"], first))
+            continue
+        kept[row["src_sha256"]] = row["src"]
+        out.lines.append(line)
+    return out

@@ -1,0 +1,106 @@
+"""End to end through the CLI and Dagster: a generated corpus served from loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lsvq_assets_tests.corpus import Corpus
+
+
+def run_cli(work: Path, corpus: Corpus, server, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable, "-m", "lsvq_assets",
+        "--lsvq-dir", str(work),
+        "--manifest-csv", str(corpus.csv),
+        "--min-csv-rows", "1",
+        "--clip-url-template", server.base_url + "/{name}{suffix}",
+        "--concurrency", "4",
+        *extra,
+    ]
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_HOME"))}
+    full_env.update(env or {})
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def shard_lines(work: Path) -> list[str]:
+    return (work / "lsvq.jsonl").read_text().splitlines()
+
+
+def test_cli_end_to_end_rows_rerun_and_retry(tmp_path: Path, corpus: Corpus, served) -> None:
+    work = tmp_path / "work"
+    proc = run_cli(work, corpus, served, "--full")
+    assert proc.returncode == 0, proc.stderr
+    out = work / "lsvq.jsonl"
+    assert f"wrote 5 rows, skipped 1 (download-failed), 1 (broken-clip), 1 dedups -> {out}" in proc.stdout
+    assert "attrition" in proc.stderr and "WARNING" in proc.stderr  # 1 of 8 = 12.5 % > 10 %
+    assert "Traceback" not in proc.stderr
+
+    lines = shard_lines(work)
+    rows = [json.loads(line) for line in lines]
+    assert [json.dumps(r, sort_keys=True) for r in rows] == lines
+    ok = corpus.by_kind("ok")
+    assert [r["src"] for r in rows] == [c.src for c in ok]  # manifest order; dup, broken, 404 absent
+    for clip, row in zip(ok, rows):
+        expected = corpus.expected_row_fields(clip)
+        assert {k: row[k] for k in expected} == expected
+        assert row["duration_s"] > 0
+        assert row["ingested_at_utc"].endswith("+00:00") and len(row["ingested_at_utc"]) == 25
+        assert (work / "clips" / clip.src).read_bytes() == (corpus.root / clip.src).read_bytes()
+    assert not [p for p in (work / "clips").rglob("*") if p.name.endswith(".part") or p.name.startswith(".")]
+
+    replay = json.loads((work / "lsvq.manifest.json").read_text())
+    assert replay["schema"] == "lsvq-corpus-jsonl-manifest-v1"
+    assert replay["stats"] == {"written": 5, "skipped_download": 1, "skipped_broken": 1, "dedups": 1, "attrition_pct": 12.5}
+    assert replay["run_provenance"]["schema"] == "ai-run-provenance-v1"
+    assert (work / "lsvq.manifest.json").read_text().endswith("}\n")
+
+    instance = dg.DagsterInstance.from_config(str(work / ".dagster"))
+    event = instance.get_latest_materialization_event(dg.AssetKey("lsvq_shard"))
+    assert event.asset_materialization.metadata["dagster/row_count"].value == 5
+
+    # Again: no request at all (done clips skipped, the 404 not retried), byte-identical shard.
+    first = out.read_bytes()
+    served.reset_log()
+    proc = run_cli(work, corpus, served, "--full")
+    assert proc.returncode == 0, proc.stderr
+    assert served.count() == 0
+    assert out.read_bytes() == first
+
+    # --retry-failed asks again for exactly the failed clip.
+    proc = run_cli(work, corpus, served, "--full", "--retry-failed")
+    assert proc.returncode == 0, proc.stderr
+    assert {r.path for r in served.requests} == {"/ia-batch2/gone.mp4"}
+    assert out.read_bytes() == first
+
+
+def test_transient_failure_fails_the_slice_then_a_rerun_completes(tmp_path: Path, corpus: Corpus, served) -> None:
+    work = tmp_path / "work"
+    served.set_fault("yfcc-batch1/725.mp4", "503", forever=True)
+    proc = run_cli(work, corpus, served, "--full")
+    assert proc.returncode == 1, proc.stderr
+    assert "yfcc-batch1" in proc.stderr and "backfill" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    srcs = [json.loads(line)["src"] for line in shard_lines(work)]
+    assert srcs == ["ia-batch2/alpha.mp4", "ia-batch2/copy_of_725.mp4"]  # the failed slice adds nothing yet
+
+    served.clear_faults()
+    served.reset_log()
+    proc = run_cli(work, corpus, served, "--full")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 5 rows" in proc.stdout
+    # Only the clip that failed transiently is fetched again.
+    assert {r.path for r in served.requests} == {"/yfcc-batch1/725.mp4"}
+
+
+def test_first_request_503_storm_costs_nothing(tmp_path: Path, corpus: Corpus, served) -> None:
+    served.set_fault_all("503")
+    proc = run_cli(tmp_path / "work", corpus, served, "--full")
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote 5 rows, skipped 1 (download-failed)" in proc.stdout
