@@ -6,7 +6,6 @@ from lsvq_assets.assets.clips import lsvq_clips
 from lsvq_assets.assets.manifest import lsvq_manifest, lsvq_manifest_csv
 from lsvq_assets.assets.probes import lsvq_probes
 from lsvq_assets.assets.shard import lsvq_shard, lsvq_shard_rows
-from lsvq_assets.partitions import slices_partitions
 from lsvq_assets.resources import ClipSourceResource, ProbeResource
 from lsvq_assets.settings import LsvqSettings, env_config
 
@@ -15,7 +14,6 @@ SLICE_ASSETS = [lsvq_manifest, lsvq_clips, lsvq_probes, lsvq_shard_rows]
 lsvq_slice_job = dg.define_asset_job(
     "lsvq_slice_job",
     selection=dg.AssetSelection.assets(*SLICE_ASSETS),
-    partitions_def=slices_partitions,
     executor_def=dg.in_process_executor,
     description="One slice end to end: manifest rows, clips, probes, JSONL rows.",
 )

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
+from lsvq_assets.core.errors import UserError
 from lsvq_assets.probing import Prober, make_prober
+from lsvq_assets.sources.archive import ArchiveClipSource
 from lsvq_assets.sources.base import ClipSource
+from lsvq_assets.sources.local import LocalClipSource
 from lsvq_assets.sources.url import UrlClipSource
 
 DEFAULT_ARCHIVE_URL_TEMPLATE = "https://huggingface.co/datasets/teowu/LSVQ-videos/resolve/main/{folder}.tar.gz"
@@ -40,6 +44,20 @@ class ClipSourceResource(dg.ConfigurableResource):
             return UrlClipSource(
                 self.clip_url_template, self.concurrency, self.download_timeout_s, max_attempts=self.max_attempts
             )
+        if kind == "archive":
+            return ArchiveClipSource(
+                self.archive_url_template,
+                keep_archives=self.keep_archives,
+                timeout_s=self.download_timeout_s,
+                max_attempts=self.max_attempts,
+            )
+        if kind == "local":
+            if not self.local_clips:
+                raise UserError(
+                    "source=local needs the directory of extracted clips (<folder>/<stem>.mp4): "
+                    "pass --local-clips DIR or set LSVQ_LOCAL_CLIPS."
+                )
+            return LocalClipSource(Path(self.local_clips))
         raise dg.Failure(description=f"clip source {kind!r} is not available in this version", allow_retries=False)
 
 

@@ -5,6 +5,7 @@ real encoder (libx264, libx265, libvpx-vp9 or FFmpeg's mpeg4).  Muxers run
 with ``fflags=+bitexact`` and encoders single-threaded, so the same spec
 encodes to the same bytes every time with a given PyAV/FFmpeg build (checked
 for all four encoders; a different PyAV wheel may produce different bytes).
+libvpx-vp9 in the PyAV wheel is 8-bit only and mpeg4 is yuv420p only.
 
 ``write_broken`` writes files that are not probe-able videos, and the
 session-scoped ``clip_factory`` fixture caches clips by spec.
@@ -26,8 +27,13 @@ FORMATS = {"mp4": "mp4", "webm": "webm", "mkv": "matroska"}
 BROKEN_KINDS = ("random", "truncated", "audio-only", "empty")
 
 _ENCODER_OPTIONS = {
-    "libx264": {"preset": "ultrafast", "threads": "1"},
-    "libx265": {"preset": "ultrafast", "x265-params": "log-level=error:pools=none:frame-threads=1:cutree=0"},
+    "libx264": {"preset": "superfast", "threads": "1"},  # superfast: has B-frames
+    # cutree=0: x265's cuTree writes past a heap buffer for frames < 64 px wide
+    # (seen under valgrind), which later crashes the process in free().
+    "libx265": {
+        "preset": "ultrafast",
+        "x265-params": "log-level=error:pools=none:frame-threads=1:cutree=0",
+    },
     "libvpx-vp9": {"deadline": "realtime", "cpu-used": "8", "threads": "1", "lag-in-frames": "0"},
     "mpeg4": {"threads": "1"},
 }
@@ -81,7 +87,11 @@ def encode_clip(path: Path, spec: ClipSpec = ClipSpec()) -> Path:
     encoder = ENCODERS[spec.codec]
     rate = Fraction(spec.rate)
     with av.open(str(path), "w", format=FORMATS[spec.container], options=_MUXER_OPTIONS) as out:
-        stream = out.add_stream(encoder, rate=rate, options=dict(_ENCODER_OPTIONS[encoder]))
+        options = dict(_ENCODER_OPTIONS[encoder])
+        if encoder == "libx265" and spec.frames < 4:
+            # x265 emits garbage DTS when there are fewer frames than its B-frame lookahead needs.
+            options["x265-params"] += ":bframes=0"
+        stream = out.add_stream(encoder, rate=rate, options=options)
         stream.width, stream.height, stream.pix_fmt = spec.width, spec.height, spec.pix_fmt
         stream.codec_context.flags |= av.codec.context.Flags.bitexact
         for i, img in enumerate(_frames(spec)):

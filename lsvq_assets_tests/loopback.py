@@ -24,6 +24,11 @@ a :class:`Fault` or a string:
                        status=301)`` for other codes)
 =====================  =======================================================
 
+``LoopbackServer(root, ssl_context=ctx)`` serves https:// instead (see
+:func:`make_self_signed_cert`; clients trust it via ``REQUESTS_CA_BUNDLE``).
+``server.latency_s`` (settable) sleeps before every answer; ``server.honor_range
+= False`` answers Range requests with a plain 200.
+
 The request log (:attr:`LoopbackServer.requests`) records every request when it
 is parsed (before the answer is written), so counts are final once the client
 has its response. :attr:`LoopbackServer.connections` counts accepted TCP
@@ -39,7 +44,11 @@ import hashlib
 import os
 import posixpath
 import re
+import shutil
 import socket
+import ssl
+import subprocess
+import sys
 import struct
 import threading
 import time
@@ -53,7 +62,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import pytest
 
-__all__ = ["Fault", "LoopbackServer", "RequestRecord", "loopback"]
+__all__ = ["Fault", "LoopbackServer", "RequestRecord", "loopback", "make_self_signed_cert"]
 
 
 # --------------------------------------------------------------------------- faults
@@ -176,6 +185,28 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
     owner: "LoopbackServer"
+
+    def handle_error(self, request, client_address):  # noqa: ANN001 - socketserver API
+        # Clients hanging up / resetting are part of the tests; anything else is a bug here.
+        if isinstance(sys.exc_info()[1], OSError):
+            return
+        super().handle_error(request, client_address)
+
+    def finish_request(self, request, client_address):  # noqa: ANN001 - socketserver API
+        ctx = self.owner.ssl_context
+        if ctx is None:
+            super().finish_request(request, client_address)
+            return
+        # TLS handshake in the connection's own thread (never in the accept loop).
+        request.settimeout(10)
+        try:
+            tls = ctx.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            return  # e.g. the client rejected our certificate
+        try:
+            super().finish_request(tls, client_address)
+        finally:
+            tls.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -380,8 +411,9 @@ class _Handler(BaseHTTPRequestHandler):
 class LoopbackServer:
     """Threaded HTTP/1.1 keep-alive server over ``root`` on 127.0.0.1:<free port>."""
 
-    def __init__(self, root: Path, latency_s: float = 0.0) -> None:
+    def __init__(self, root: Path, latency_s: float = 0.0, *, ssl_context: ssl.SSLContext | None = None) -> None:
         self.root = Path(root)
+        self.ssl_context = ssl_context  # server-side context: serve https://
         self._root_resolved = self.root.resolve()
         self.latency_s = float(latency_s)  # sleep before answering each request
         self.honor_range = True  # False: ignore Range, answer 200 with the full body
@@ -407,7 +439,7 @@ class LoopbackServer:
         httpd.owner = self
         self._httpd = httpd
         host, port = httpd.server_address[:2]
-        self.base_url = f"http://{host}:{port}"
+        self.base_url = f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
         self._thread = threading.Thread(
             target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, name="loopback-http", daemon=True
         )
@@ -550,6 +582,25 @@ class LoopbackServer:
     def _conn_closed(self, sock: socket.socket) -> None:
         with self._lock:
             self._active.pop(id(sock), None)
+
+
+def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """(cert.pem, key.pem) for 127.0.0.1/localhost via the openssl CLI (pytest.skip if absent).
+
+    Clients trust it legitimately (verification stays on) with
+    ``REQUESTS_CA_BUNDLE=<cert.pem>``.
+    """
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl CLI not available to make a test certificate")
+    cert, key = Path(directory) / "cert.pem", Path(directory) / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+        check=True, capture_output=True,
+    )
+    return cert, key
 
 
 @pytest.fixture

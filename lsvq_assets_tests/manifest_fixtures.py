@@ -104,8 +104,11 @@ def _encode(text: str, bom: bool) -> bytes:
 
 
 def _csv_text(header: Sequence[str] | None, rows: Iterable[Sequence[object]], crlf: bool) -> str:
+    rows = [list(map(str, r)) for r in rows]
     buf = io.StringIO(newline="")
-    writer = csv.writer(buf, lineterminator="\r\n" if crlf else "\n")
+    # Python 3.11's writer leaves a lone "\r" unquoted when lines end in "\n": quote all fields then.
+    quoting = csv.QUOTE_ALL if not crlf and any("\r" in f for r in rows for f in r) else csv.QUOTE_MINIMAL
+    writer = csv.writer(buf, lineterminator="\r\n" if crlf else "\n", quoting=quoting)
     if header is not None:
         writer.writerow(header)
     writer.writerows(rows)

@@ -495,11 +495,12 @@ def test_field_larger_than_csv_limit(tmp_path: Path) -> None:
 
 
 def test_unterminated_quote_is_one_field(tmp_path: Path) -> None:
-    # The csv module reads to the end of the file: the row is dropped, the file still parses.
+    # The csv module reads to the end of the file as one name holding newlines: dropped, with a reason.
     path = tmp_path / "m.csv"
     path.write_text('name,mos\na/x,1\n"a/y,2\na/z,3\n')
     m = read_manifest(path)
-    assert [r.name for r in m.rows] == ["a/x"] and [d.reason for d in m.dropped] == ["bad-mos"]
+    assert [r.name for r in m.rows] == ["a/x"]
+    assert [(d.name, d.reason) for d in m.dropped] == [("a/y,2\na/z,3", "bad-name")]
 
 
 def test_first_labels_line_unusable(tmp_path: Path) -> None:
@@ -515,9 +516,11 @@ def test_first_labels_line_unusable(tmp_path: Path) -> None:
 def test_parse_speed_39k_rows(tmp_path: Path) -> None:
     path = tmp_path / "LSVQ_whole_train.csv"
     write_patchvq_csv(path, 39_000, columns=38)
-    start = time.perf_counter()
+    # CPU time of this process, so a busy machine (other test runs) does not fail the guard;
+    # about 0.7 s on the development VM.
+    start = time.process_time()
     m = read_manifest(path, min_csv_rows=1000)
-    elapsed = time.perf_counter() - start
+    elapsed = time.process_time() - start
     assert len(m.rows) == 39_000 and m.dropped == []
     assert all(math.isfinite(r.mos) for r in m.rows)
-    assert elapsed < 2.0, f"39,000-row PatchVQ CSV took {elapsed:.2f} s to parse"
+    assert elapsed < 2.0, f"39,000-row PatchVQ CSV took {elapsed:.2f} s of CPU to parse"

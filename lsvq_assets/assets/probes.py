@@ -40,7 +40,7 @@ def _summary(table: list[dict]) -> str:
         [
             f"**{len(table)} clips probed**",
             f"- codecs: {top(Counter(r['encoder_upstream'] for r in table))}",
-            f"- resolutions: {top(Counter("%dx%d" % (r["width"], r["height"]) for r in table))}",
+            f"- resolutions: {top(Counter('%dx%d' % (r['width'], r['height']) for r in table))}",
             f"- frame rates: {top(Counter(round(r['framerate'], 3) for r in table))}",
             f"- pixel formats: {top(Counter(r['pix_fmt'] for r in table))}",
         ]

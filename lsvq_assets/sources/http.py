@@ -37,14 +37,18 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import timezone
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+
+# The URL rule and the file hash live in core (one place each); re-exported here.
+from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.urls import check_url
 
 __all__ = ["CHUNK_SIZE", "FetchResult", "HttpFetcher", "check_url", "sha256_file"]
 
@@ -82,51 +86,6 @@ class FetchResult:
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def check_url(url: str) -> str | None:
-    """Return None if ``url`` is an http(s) URL with a host, else the reason.
-
-    The single place for the "what may we download from" rule; also applied to
-    every redirect target.
-    """
-    if not isinstance(url, str) or not url:
-        return "bad-url: empty"
-    if url != url.strip():
-        return "bad-url: surrounding whitespace"
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in url):
-        return "bad-url: control characters"
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "bad-url: unparsable"
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        return f"bad-url-scheme: {scheme[:20] or 'none'}"
-    try:
-        host = parts.hostname
-        parts.port  # noqa: B018 - raises ValueError on a bad port
-    except ValueError:
-        return "bad-url: invalid port"
-    if not host:
-        return "bad-url-host: missing"
-    return None
-
-
-def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:
-    """(hexdigest, size) of a file, read in ``bufsize`` blocks."""
-    h = hashlib.sha256()
-    size = 0
-    buf = bytearray(bufsize)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as f:
-        while True:
-            n = f.readinto(buf)
-            if not n:
-                break
-            h.update(view[:n])
-            size += n
-    return h.hexdigest(), size
 
 
 def _parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -288,30 +247,36 @@ def _wait_readable(fd: int, timeout_s: float) -> bool:
 def _socket_has_more_data(sock: object, grace_s: float) -> bool:
     """True if application bytes are waiting on ``sock`` (after the body's end).
 
-    Plain sockets are peeked (MSG_PEEK, nothing consumed). TLS sockets cannot be
-    peeked: decrypted-but-unread bytes show in ``pending()``; otherwise, if the
-    raw socket is readable, one non-blocking ``recv`` tells application data
-    (-> True; the connection is then closed anyway) from a TLS-only record such
-    as a session ticket or close_notify (-> False).
+    Plain sockets are peeked (MSG_PEEK|MSG_DONTWAIT, nothing consumed). TLS
+    sockets cannot be peeked: decrypted-but-unread bytes show in ``pending()``;
+    otherwise one non-blocking ``recv`` tells application data (-> True; the
+    connection is closed anyway) from nothing / a TLS-only record such as a
+    session ticket or close_notify (-> False). ``grace_s`` > 0 first waits up
+    to that long for the socket to become readable.
     """
     if sock is None:
         return False
     try:
-        is_tls = isinstance(sock, ssl.SSLSocket)
-        if is_tls and sock.pending() > 0:  # type: ignore[union-attr]
-            return True
-        fd = sock.fileno()  # type: ignore[attr-defined]
-        if fd < 0 or not _wait_readable(fd, grace_s):
-            return False
-        if is_tls:
-            previous = sock.gettimeout()  # type: ignore[attr-defined]
-            sock.settimeout(0.0)  # type: ignore[attr-defined]
+        if isinstance(sock, ssl.SSLSocket):
+            if sock.pending() > 0:
+                return True
+            if grace_s > 0:
+                _wait_readable(sock.fileno(), grace_s)
+            # Always try: OpenSSL may already hold the next record in its buffers
+            # (the fd then does not look readable).
+            previous = sock.gettimeout()
+            sock.settimeout(0.0)
             try:
-                return bool(sock.recv(1))  # type: ignore[attr-defined]
+                return bool(sock.recv(1))
             except (ssl.SSLWantReadError, ssl.SSLWantWriteError, BlockingIOError):
                 return False
             finally:
-                sock.settimeout(previous)  # type: ignore[attr-defined]
+                sock.settimeout(previous)
+        # Poll first, always: on a socket with a timeout CPython waits for
+        # readability *before* recv(), so MSG_DONTWAIT alone would block for
+        # the whole read timeout when nothing follows the body.
+        if not _wait_readable(sock.fileno(), grace_s):  # type: ignore[attr-defined]
+            return False
         data = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # type: ignore[attr-defined]
         return bool(data)  # b"" = orderly EOF: no extra bytes
     except BlockingIOError:
@@ -459,7 +424,10 @@ class HttpFetcher:
                     timeout=(self.connect_timeout_s, self.timeout_s),
                 )
             except _NETWORK_ERRORS as exc:
-                return _Outcome(False, n_requests, status, failure=_classify_network_error(exc, None, None))
+                failure = _classify_network_error(exc, None, None)
+                if failure.reason.startswith("bad-url"):
+                    n_requests -= 1  # refused by requests/urllib3 before anything was sent
+                return _Outcome(False, n_requests, status, failure=failure)
             try:
                 status = resp.status_code
                 if status in _REDIRECT_STATUSES:
