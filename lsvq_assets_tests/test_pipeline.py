@@ -104,3 +104,47 @@ def test_first_request_503_storm_costs_nothing(tmp_path: Path, corpus: Corpus, s
     proc = run_cli(tmp_path / "work", corpus, served, "--full")
     assert proc.returncode == 0, proc.stderr
     assert "wrote 5 rows, skipped 1 (download-failed)" in proc.stdout
+
+
+def _without_time(lines: list[str]) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != "ingested_at_utc"} for line in lines]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/ffprobe").exists() and not os.environ.get("FFPROBE_BIN"), reason="needs ffprobe (apt-get install ffmpeg)")
+def test_both_probe_backends_build_the_same_shard_and_match_ffprobe(tmp_path: Path, corpus: Corpus, served) -> None:
+    ffprobe = os.environ.get("FFPROBE_BIN", "/usr/bin/ffprobe")
+    pyav = run_cli(tmp_path / "pyav", corpus, served, "--full")
+    ff = run_cli(tmp_path / "ff", corpus, served, "--full", "--ffprobe-bin", ffprobe)  # naming it selects ffprobe
+    assert pyav.returncode == 0 and ff.returncode == 0, ff.stderr
+    a, b = shard_lines(tmp_path / "pyav"), shard_lines(tmp_path / "ff")
+    assert _without_time(a) == _without_time(b) and len(a) == 5
+    for row in _without_time(a):  # straight from ffprobe under the seed's rules
+        doc = json.loads(subprocess.run(
+            [ffprobe, "-v", "error", "-select_streams", "v:0", "-show_entries",
+             "stream=width,height,r_frame_rate,avg_frame_rate,duration,pix_fmt,codec_name",
+             "-show_entries", "format=duration", "-of", "json", str(corpus.root / row["src"])],
+            capture_output=True, text=True, check=True).stdout)
+        st = doc["streams"][0]
+        num, den = (st.get("avg_frame_rate") or st.get("r_frame_rate")).split("/")
+        dur = float(st.get("duration", 0) or 0)
+        assert row["framerate"] == (float(num) / float(den) if float(den) else 0.0)
+        assert row["duration_s"] == (dur if dur > 0 else float(doc["format"]["duration"]))
+        assert (row["width"], row["height"], row["pix_fmt"], row["encoder_upstream"]) == (
+            st["width"], st["height"], st["pix_fmt"], st["codec_name"])
+
+
+def test_verify_rehashes_and_fetches_a_changed_clip_again(tmp_path: Path, corpus: Corpus, served) -> None:
+    work = tmp_path / "work"
+    assert run_cli(work, corpus, served, "--full").returncode == 0
+    first = (work / "lsvq.jsonl").read_bytes()
+    clip = work / "clips" / "yfcc-batch1" / "725.mp4"
+    data = bytearray(clip.read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes: only --verify notices
+    clip.write_bytes(bytes(data))
+    served.reset_log()
+    assert run_cli(work, corpus, served, "--full").returncode == 0
+    assert served.count() == 0
+    assert run_cli(work, corpus, served, "--full", "--verify").returncode == 0
+    assert {r.path for r in served.requests} == {"yfcc-batch1/725.mp4"}
+    assert clip.read_bytes() == (corpus.root / "yfcc-batch1/725.mp4").read_bytes()
+    assert (work / "lsvq.jsonl").read_bytes() == first  # same bytes again: same sha256, same ingested_at_utc
