@@ -148,3 +148,19 @@ def test_verify_rehashes_and_fetches_a_changed_clip_again(tmp_path: Path, corpus
     assert {r.path for r in served.requests} == {"yfcc-batch1/725.mp4"}
     assert clip.read_bytes() == (corpus.root / "yfcc-batch1/725.mp4").read_bytes()
     assert (work / "lsvq.jsonl").read_bytes() == first  # same bytes again: same sha256, same ingested_at_utc
+
+
+def test_the_seeds_progress_file_is_imported(tmp_path: Path, corpus: Corpus, served) -> None:
+    work = tmp_path / "work"
+    (work / "clips" / "ia-batch2").mkdir(parents=True)
+    (work / "clips" / "ia-batch2" / "alpha.mp4").write_bytes((corpus.root / "ia-batch2/alpha.mp4").read_bytes())
+    progress = {"yfcc-batch1/725": {"state": "failed", "reason": "curl-rc=22: 404"}, "ia-batch2/alpha": {"state": "done"}}
+    (work / ".download-progress.json").write_text(json.dumps(progress))
+    proc = run_cli(work, corpus, served, "--full")
+    assert proc.returncode == 0, proc.stderr
+    requested = {r.path for r in served.requests}
+    assert "yfcc-batch1/725.mp4" not in requested  # failed in the seed: not retried
+    assert "ia-batch2/alpha.mp4" not in requested  # done in the seed: hashed on disk, not fetched
+    assert "skipped 2 (download-failed)" in proc.stdout
+    srcs = [json.loads(line)["src"] for line in shard_lines(work)]
+    assert "ia-batch2/alpha.mp4" in srcs and "yfcc-batch1/725.mp4" not in srcs

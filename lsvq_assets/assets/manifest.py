@@ -6,6 +6,7 @@ import dagster as dg
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, counts_md, md_table
 from lsvq_assets.core.errors import UserError
 from lsvq_assets.core.slicing import fingerprint
+from lsvq_assets.core.store import ClipStore
 from lsvq_assets.core.tables import MANIFEST_SCHEMA, write_manifest_rows
 from lsvq_assets.partitions import slices_partitions
 from lsvq_assets.settings import LsvqSettings
@@ -44,7 +45,14 @@ def lsvq_manifest(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.M
             allow_retries=False,
         )
     rows = slices[key]
-    path = lsvq.layout().slice_file(key, MANIFEST_FILE)
+    layout = lsvq.layout()
+    imported = 0
+    if layout.progress_path.is_file():  # the seed's .download-progress.json: keep an operator's progress
+        with ClipStore(layout.store_path) as store:
+            imported = store.import_seed_progress(layout.progress_path, {r.name: r.src for r in manifest.rows})
+        if imported:
+            context.log.info(f"imported {imported} clip states from {layout.progress_path}")
+    path = layout.slice_file(key, MANIFEST_FILE)
     write_manifest_rows(path, rows)
     dropped = manifest.dropped
     return dg.MaterializeResult(
@@ -59,6 +67,7 @@ def lsvq_manifest(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.M
             "manifest_rows_dropped": len(dropped),
             "dropped_by_reason": counts_md(manifest.dropped_counts()),
             "dropped_rows": md_table([d.__dict__ for d in dropped], ["line", "name", "reason"]),
+            "seed_progress_imported": imported,
             "defaulted_columns": ", ".join(manifest.defaulted) or "none",
             "preview": md_table([r.__dict__ for r in rows], ["line", "src", "mos", "mos_std_dev", "n_ratings"], limit=10),
         },
