@@ -39,11 +39,26 @@ FLAG_FIELDS: dict[str, tuple[str, str]] = {
 }
 
 
+EXIT_CODES_EPILOG = """\
+exit codes:
+  0    the shard was written; clips that failed permanently (404, 410, empty body, not a
+       video) are skipped and recorded, as the seed does (also: --help, --dry-run)
+  1    some slices failed transiently (timeouts, 5xx, 429, resets, a full disk) or the shard
+       could not be assembled: everything else is recorded, run the same command again
+  2    the command line, a setting or the manifest cannot be used (one line: "error: ...")
+  3    another run of this command holds the working directory (its pid is named); let it
+       finish, or pass --wait to start when it is done
+  130  interrupted (Ctrl-C); run the same command again to resume
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="lsvq-to-corpus-jsonl",
         description="Ingest LSVQ into the MOS-corpus JSONL shard by materialising the lsvq_assets "
         "Dagster assets in-process (the runs show in the Dagster UI).",
+        epilog=EXIT_CODES_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     a = p.add_argument
     a("--lsvq-dir", help=f"working directory (default: {DEFAULT_LSVQ_DIR}; LSVQ_DIR)")
@@ -58,7 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--max-rows", type=int, help="row cap in manifest order (default: 500; 0 = all; LSVQ_MAX_ROWS)")
     a("--full", action="store_true", help="no row cap: ingest the whole manifest")
     a("--min-csv-rows", type=int, help="refuse a manifest with fewer data rows (default: 1000)")
-    a("--download-timeout-s", type=float, help="connect and read timeout per request, seconds (default: 120)")
+    a("--download-timeout-s", type=float, help="connect and read timeout per request, seconds (default: 120); "
+      "a download still under 16 KiB/s after that long is abandoned (transient)")
     a("--concurrency", type=int, help="clips downloaded at once (default: 16; LSVQ_CONCURRENCY)")
     a("--clip-url-template", help="per-clip URL from {name} {folder} {stem} {suffix} when the manifest has no URL column")
     a("--source", choices=["auto", "url", "archive", "local"], help="where clips come from (default: auto; LSVQ_SOURCE)")
@@ -71,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--retry-failed", action="store_true", help="also retry clips that failed permanently (404, 410, empty body)")
     a("--verify", action="store_true", help="re-hash clips already on disk instead of trusting their recorded size")
     a("--dry-run", action="store_true", help="parse, validate and slice; download nothing; print JSON")
+    a("--wait", action="store_true", help="when another run holds the working directory, wait for it instead of exiting with code 3")
     a("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -140,12 +157,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from lsvq_assets.runner import run_cli
 
-        from lsvq_assets.resources import ProbeResource
+        from lsvq_assets.resources import ClipSourceResource, ProbeResource
 
-        ProbeResource(**config.get("prober", {})).prober()  # a missing ffprobe is a user error, found before any run
+        # Setup problems (no ffprobe, no --local-clips directory, a bad template) are user errors: find them before any run.
+        ProbeResource(**config.get("prober", {})).prober()
+        ClipSourceResource(**config.get("clip_source", {})).open(manifest.has_urls).close()
         options = {"retry_failed": args.retry_failed, "verify": args.verify}
         argv_used = list(sys.argv[1:] if argv is None else argv)
-        return run_cli(config, manifest, slices, log_level=args.log_level, options=options, argv=argv_used)
+        return run_cli(config, manifest, slices, log_level=args.log_level, options=options, argv=argv_used, wait=args.wait)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -21,7 +21,7 @@ from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.sources.archive import ArchiveClipSource, _Corrupt, _Gunzip
 from lsvq_assets.sources.base import ClipResult
 from lsvq_assets_tests.corpus import Corpus
-from lsvq_assets_tests.loopback import LoopbackServer
+from lsvq_assets_tests.loopback import Fault, LoopbackServer
 from lsvq_assets_tests.test_pipeline import run_cli
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "timeout_s": 5.0}
@@ -233,6 +233,46 @@ def test_416_restarts_and_a_complete_part_is_just_renamed(corpus: Corpus, loopba
     part.write_bytes(whole)  # a run stopped between the last byte and the rename
     assert all(r.ok for r in run(ArchiveClipSource(template(loopback), **FAST), rows, layout).values())
     assert [(r.range, r.status) for r in loopback.records(rel)] == [(f"bytes={len(whole)}-", 416)]
+
+
+def test_redirects_are_followed_and_rechecked_and_retry_after_is_honoured(
+    corpus: Corpus, loopback: LoopbackServer, layout: Layout
+) -> None:
+    archives = serve_archives(loopback, corpus)
+    # The mirror answers /resolve/ with a redirect to its CDN: two requests, the second one resumable.
+    cdn = loopback.root / "cdn" / "yfcc-batch1.tar.gz"
+    cdn.parent.mkdir()
+    shutil.copyfile(archives["yfcc-batch1"], cdn)
+    loopback.set_fault("archives/yfcc-batch1.tar.gz", "redirect:/cdn/yfcc-batch1.tar.gz", forever=True)
+    loopback.set_fault("archives/ia-batch2.tar.gz", "redirect:ftp://127.0.0.1/x.tar.gz")
+    loopback.set_fault("cdn/yfcc-batch1.tar.gz", "truncate:0.5", "429:0")
+    rows = corpus_rows(corpus)
+    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
+    for row in rows:
+        res = results[row.src]
+        if row.folder == "ia-batch2":
+            assert (res.ok, res.reason, res.transient) == (False, "archive-redirect-to-bad-scheme: ftp", False)
+        else:
+            assert res.ok and res.attempts == 6  # 3 x (redirect + GET): cut short, 429, resumed
+    cdn_recs = loopback.records("cdn/yfcc-batch1.tar.gz")
+    size = cdn.stat().st_size
+    assert [(r.range, r.status) for r in cdn_recs] == [(None, 200), (f"bytes={size // 2}-", 429), (f"bytes={size // 2}-", 206)]
+
+
+def test_a_trickling_archive_is_abandoned_and_its_part_kept(corpus: Corpus, loopback: LoopbackServer, layout: Layout) -> None:
+    serve_archives(loopback, corpus)
+    loopback.set_fault("archives/yfcc-batch1.tar.gz", Fault.slow(delay_s=0.05, chunk_size=1024))
+    rows = [r for r in corpus_rows(corpus) if r.folder == "yfcc-batch1"]
+    fast = {**FAST, "timeout_s": 0.3, "min_rate_bytes_s": 1 << 20}
+    results = run(ArchiveClipSource(template(loopback), **fast), rows, layout)
+    assert all(not r.ok and r.transient and r.reason.startswith("archive-too-slow") for r in results.values()), results
+    assert loopback.count() == 1
+    have = (layout.archives_dir / "yfcc-batch1.tar.gz.part").stat().st_size
+    assert have > 0
+    # The next run resumes from the .part.
+    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
+    assert all(r.ok for r in results.values())
+    assert [(r.range, r.status) for r in loopback.records()[1:]] == [(f"bytes={have}-", 206)]
 
 
 # --------------------------------------------------------------------------- failures

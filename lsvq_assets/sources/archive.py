@@ -48,6 +48,7 @@ import re
 import tarfile
 import tempfile
 import threading
+import time
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -307,7 +308,7 @@ class ArchiveClipSource(ClipSource):
             if _folder_problem(folder):
                 continue
             archive = archives / archive_file_name(folder)
-            if not archive.exists() and not self._part(archive).exists():
+            if not any(p.exists() for p in (archive, self._part(archive), self._lock_path(archive))):
                 continue
             with self._lock(archive):
                 _unlink(archive)
@@ -502,10 +503,13 @@ class ArchiveClipSource(ClipSource):
         except OSError as exc:
             return _Download(False, n_requests, status, disk_failure(exc))
         written = 0
+        min_rate = float(getattr(self.http, "min_rate_bytes_s", 0.0) or 0.0)
+        started = time.monotonic()
         try:
             while True:
                 try:
-                    data = raw.read(CHUNK_SIZE, decode_content=False)
+                    # read1: whatever has arrived, so a trickle is noticed while it trickles (as http.py)
+                    data = raw.read1(CHUNK_SIZE, decode_content=False)
                 except NETWORK_ERRORS as exc:  # the .part keeps what arrived: the next attempt resumes
                     return _Download(False, n_requests, status, classify_network_error(exc, written, clen))
                 if not data:
@@ -515,6 +519,11 @@ class ArchiveClipSource(ClipSource):
                 except OSError as exc:
                     return _Download(False, n_requests, status, disk_failure(exc))
                 written += len(data)
+                elapsed = time.monotonic() - started
+                if min_rate > 0 and elapsed > self.http.timeout_s and written < min_rate * elapsed:
+                    # http.py's rule; the .part is kept, so the next run resumes from here.
+                    reason = f"too-slow: {written} bytes in {elapsed:.0f}s, under {min_rate:.0f} B/s"
+                    return _Download(False, n_requests, status, Failure(reason, True, False))
         finally:
             os.close(fd)
         size = offset + written
@@ -612,7 +621,7 @@ class ArchiveClipSource(ClipSource):
 
     @staticmethod
     def _write_member(member: BinaryIO, dest: Path, expected: int) -> tuple[str, str, int]:
-        """Copy one member into a hidden temp file beside ``dest``: (temp path, sha256, size)."""
+        """Copy one member into a hidden temp file beside ``dest``, fsynced: (temp path, sha256, size)."""
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         done = False
