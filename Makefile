@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install test test-quick test-browser
+.PHONY: install demo demo-ui test test-quick test-browser
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -12,6 +12,15 @@ $(STAMP): pyproject.toml setup.cfg
 	touch $(STAMP)
 
 install: $(STAMP)
+
+## make demo: set up the virtual environment, generate a small corpus, serve it on loopback and
+## ingest it through Dagster into .demo/ (safe to re-run)
+demo: $(STAMP)
+	$(BIN)/python -m demo.run_demo
+
+## make demo-ui: the Dagster UI on the demo's instance, with the demo's clip server up again
+demo-ui: $(STAMP)
+	$(BIN)/python -m demo.run_demo --serve
 
 ## make test: set up the virtual environment and run the whole suite (what .ci/run calls)
 test: $(STAMP)

@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 
 from lsvq_assets.core.errors import UserError
@@ -45,10 +47,11 @@ exit codes:
        video) are skipped and recorded, as the seed does (also: --help, --dry-run)
   1    some slices failed transiently (timeouts, 5xx, 429, resets, a full disk) or the shard
        could not be assembled: everything else is recorded, run the same command again
+       (also Python's code for an unexpected error, printed with its traceback)
   2    the command line, a setting or the manifest cannot be used (one line: "error: ...")
   3    another run of this command holds the working directory (its pid is named); let it
        finish, or pass --wait to start when it is done
-  130  interrupted (Ctrl-C); run the same command again to resume
+  130  interrupted (Ctrl-C or SIGTERM); run the same command again to resume
 """
 
 
@@ -123,6 +126,9 @@ def _invalid_settings(exc: ValueError) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and threading.current_thread() is threading.main_thread():
+        # The command itself: SIGTERM (systemd, docker stop, timeout) stops it like Ctrl-C, exit 130.
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     args = build_parser().parse_args(argv)
     handler = logging.StreamHandler()
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

@@ -6,7 +6,10 @@ from lsvq_assets.assets.clips import lsvq_clips
 from lsvq_assets.assets.manifest import lsvq_manifest, lsvq_manifest_csv
 from lsvq_assets.assets.probes import lsvq_probes
 from lsvq_assets.assets.shard import lsvq_shard, lsvq_shard_rows
+from lsvq_assets.automation import automation_settings, lsvq_automation_sensor
 from lsvq_assets.resources import ClipSourceResource, ProbeResource
+from lsvq_assets.schedules import lsvq_refresh_schedule
+from lsvq_assets.sensors import lsvq_manifest_sensor
 from lsvq_assets.settings import LsvqSettings, env_config
 
 SLICE_ASSETS = [lsvq_manifest, lsvq_clips, lsvq_probes, lsvq_shard_rows]
@@ -29,7 +32,9 @@ def build_resources(config: dict | None = None) -> dict:
     """The resources, from explicit constructor arguments per key, else the LSVQ_* variables that are set."""
     config = config or {}
     kinds = {"lsvq": LsvqSettings, "clip_source": ClipSourceResource, "prober": ProbeResource}
-    return {key: cls(**config.get(key, env_config(key, cls))) for key, cls in kinds.items()}
+    resources = {key: cls(**config.get(key, env_config(key, cls))) for key, cls in kinds.items()}
+    resources["lsvq_automation"] = automation_settings(**config.get("lsvq_automation", {}))
+    return resources
 
 
 def build_defs(config: dict | None = None) -> dg.Definitions:
@@ -37,7 +42,12 @@ def build_defs(config: dict | None = None) -> dg.Definitions:
     return dg.Definitions(
         assets=[lsvq_manifest_csv, *SLICE_ASSETS, lsvq_shard],
         jobs=[lsvq_slice_job, lsvq_shard_job],
+        sensors=[lsvq_manifest_sensor, lsvq_automation_sensor],
+        schedules=[lsvq_refresh_schedule],
         resources=build_resources(config),
+        # Runs the UI, a backfill or the automation launch on the asset selection itself (not a
+        # named job) run in one process too, like lsvq_slice_job (DESIGN §2).
+        executor=dg.in_process_executor,
     )
 
 

@@ -5,15 +5,29 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import dagster as dg
+import sqlalchemy.exc
 
 SLICES_PARTITIONS_NAME = "lsvq_slices"
 slices_partitions = dg.DynamicPartitionsDefinition(name=SLICES_PARTITIONS_NAME)
 
 
 def register_slices(instance: dg.DagsterInstance, keys: Iterable[str]) -> list[str]:
-    """Add the slice keys the instance does not know yet; return the new ones. Idempotent."""
-    known = set(instance.get_dynamic_partitions(SLICES_PARTITIONS_NAME))
-    new = [k for k in dict.fromkeys(keys) if k not in known]
-    if new:
-        instance.add_dynamic_partitions(SLICES_PARTITIONS_NAME, new)
-    return new
+    """Add the slice keys the instance does not know yet; return the new ones. Idempotent.
+
+    Safe beside another process registering the same keys (the sensor, a UI run, another CLI):
+    the instance refuses a key twice (unique index), so when one was added between our read
+    and our insert the insert fails as a whole, and we read again and add what is still missing.
+    """
+    wanted = list(dict.fromkeys(keys))
+    for attempt in range(5):
+        known = set(instance.get_dynamic_partitions(SLICES_PARTITIONS_NAME))
+        new = [k for k in wanted if k not in known]
+        if not new:
+            return []
+        try:
+            instance.add_dynamic_partitions(SLICES_PARTITIONS_NAME, new)
+            return new
+        except sqlalchemy.exc.IntegrityError:
+            if attempt == 4:
+                raise
+    return []  # pragma: no cover

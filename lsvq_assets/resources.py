@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import dagster as dg
 from pydantic import Field
@@ -21,7 +20,8 @@ DEFAULT_ARCHIVE_URL_TEMPLATE = "https://huggingface.co/datasets/teowu/LSVQ-video
 class ClipSourceResource(dg.ConfigurableResource):
     """Where clip bytes come from: per-clip URLs, the mirror's folder archives, or a local directory."""
 
-    source: Literal["auto", "url", "archive", "local"] = Field(
+    # Plain str (not Literal) so that a Dagster EnvVar can bind it; checked in open().
+    source: str = Field(
         default="auto", description="auto = per-clip URLs when the manifest has a URL column (or a URL template is set), else archives (LSVQ_SOURCE)."
     )
     clip_url_template: str = Field(default="", description="Per-clip URL from {name} {folder} {stem} {suffix} (LSVQ_CLIP_URL_TEMPLATE).")
@@ -58,15 +58,18 @@ class ClipSourceResource(dg.ConfigurableResource):
                     "pass --local-clips DIR or set LSVQ_LOCAL_CLIPS."
                 )
             return LocalClipSource(Path(self.local_clips))
-        raise dg.Failure(description=f"clip source {kind!r} is not available in this version", allow_retries=False)
+        raise UserError(f"unknown clip source {kind!r}: choose auto, url, archive or local (--source, LSVQ_SOURCE).")
 
 
 class ProbeResource(dg.ConfigurableResource):
     """Reads width, height, frame rate, duration, pixel format and codec of each clip."""
 
-    backend: Literal["pyav", "ffprobe"] = Field(default="pyav", description="pyav (in-process, default) or ffprobe (LSVQ_PROBE_BACKEND).")
+    backend: str = Field(default="pyav", description="pyav (in-process, default) or ffprobe (LSVQ_PROBE_BACKEND).")
     ffprobe_bin: str = Field(default="", description="ffprobe binary for backend=ffprobe; empty = $FFPROBE_BIN or ffprobe.")
     concurrency: int = Field(default=4, description="Clips probed at once.")
 
     def prober(self) -> Prober:
-        return make_prober(self.backend, self.ffprobe_bin or None)
+        try:
+            return make_prober(self.backend, self.ffprobe_bin or None)
+        except ValueError as exc:
+            raise UserError(f"{exc} (--probe-backend, LSVQ_PROBE_BACKEND)") from None

@@ -13,6 +13,7 @@ from pathlib import Path
 import dagster as dg
 
 from lsvq_assets.core.layout import Layout
+from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets.core.manifest import Manifest, ManifestRow
 from lsvq_assets.partitions import register_slices
 
@@ -46,10 +47,25 @@ def ui_command(instance: dg.DagsterInstance, config: dict) -> str:
     return " ".join(env) + f" dagster dev {target}"
 
 
+class ShardFailed(RuntimeError):
+    """The lsvq_shard run failed (the CLI exits 1: the slices are recorded, run again)."""
+
+
 @dataclass
 class CliReport:
     failed_slices: dict[str, str] = field(default_factory=dict)
     shard_metadata: dict = field(default_factory=dict)
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    """Did Ctrl-C / SIGTERM end this run? Dagster turns the signal into a failed step, not an exception."""
+    return any(
+        event.is_step_failure
+        and event.step_failure_data is not None
+        and event.step_failure_data.error is not None
+        and event.step_failure_data.error.cls_name == "DagsterExecutionInterruptedError"
+        for event in result.all_events
+    )
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str:
@@ -80,6 +96,8 @@ def run_slices(
         result = slice_job.execute_in_process(
             partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False
         )
+        if not result.success and _interrupted(result):
+            raise KeyboardInterrupt(f"slice {key}")  # stop here, as the operator asked (exit 130)
         if result.success:
             log.info("slice %d/%d %s: done (run %s)", n, len(slices), key, result.run_id)
         else:
@@ -89,30 +107,82 @@ def run_slices(
     result = defs.resolve_job_def("lsvq_shard_job").execute_in_process(
         instance=instance, run_config=shard_config, tags=tags, raise_on_error=False
     )
+    if not result.success and _interrupted(result):
+        raise KeyboardInterrupt("lsvq_shard")
     if not result.success:
-        raise RuntimeError(f"assembling the shard failed: {_failure_message(result)}")
+        raise ShardFailed(f"assembling the shard failed: {_failure_message(result)}")
     mats = result.asset_materializations_for_node("lsvq_shard")
     report.shard_metadata = {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
     return report
 
 
-def run_cli(config: dict, manifest: Manifest, slices: dict[str, list[ManifestRow]], *, log_level: str, options: dict, argv: list[str]) -> int:
-    """The CLI's full run; returns its exit code."""
+def fail_abandoned_runs(instance: dg.DagsterInstance, lsvq_dir: Path) -> list[str]:
+    """Mark failed the runs a CLI on ``lsvq_dir`` started and never ended (its process was killed).
+
+    Called with the working directory's CLI lock held, so no live CLI owns such a run. Without
+    this the UI would show them (and their partitions) as in progress forever.
+    """
+    records = instance.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
+            tags={"lsvq/entry_point": "cli", "lsvq/lsvq_dir": str(lsvq_dir)},
+        )
+    )
+    for rec in records:
+        run = rec.dagster_run
+        instance.report_run_failed(
+            run,
+            message=f"The CLI process that ran this (pid {run.tags.get('lsvq/pid', '?')}) ended without finishing it "
+            f"(killed?); marked failed by the next CLI run on {lsvq_dir} (pid {os.getpid()}).",
+        )
+        log.warning("run %s was left unfinished by a killed CLI run: marked failed", run.run_id)
+    return [rec.dagster_run.run_id for rec in records]
+
+
+def run_cli(
+    config: dict, manifest: Manifest, slices: dict[str, list[ManifestRow]], *, log_level: str, options: dict, argv: list[str], wait: bool = False
+) -> int:
+    """The CLI's full run, holding the working directory's CLI lock; returns its exit code.
+
+    Another CLI run on the same working directory: ``LockHeld`` (exit 3), or with ``wait`` a wait for it.
+    """
+    from lsvq_assets.settings import LsvqSettings
+
+    lsvq_dir = LsvqSettings(**config.get("lsvq", {})).layout().lsvq_dir
+    lsvq_dir.mkdir(parents=True, exist_ok=True)
+
+    def waiting(holder: dict) -> None:
+        log.warning("another run is using %s (%s): waiting for it to finish", lsvq_dir, describe(holder))
+
+    with cli_lock(lsvq_dir, argv, wait=wait, on_wait=waiting):
+        return _run_locked(config, manifest, slices, log_level=log_level, options=options, argv=argv)
+
+
+def _run_locked(config: dict, manifest: Manifest, slices: dict[str, list[ManifestRow]], *, log_level: str, options: dict, argv: list[str]) -> int:
     from lsvq_assets.settings import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
     layout = lsvq.layout()
-    layout.lsvq_dir.mkdir(parents=True, exist_ok=True)
     instance = open_instance(layout)
+    fail_abandoned_runs(instance, layout.lsvq_dir)
     dagster_level = "DEBUG" if log_level == "DEBUG" else "CRITICAL"
     run_config = {
         "ops": {"lsvq_clips": {"config": options}},
         "loggers": {"console": {"config": {"log_level": dagster_level}}},
     }
-    tags = {"lsvq/argv": json.dumps(argv), "lsvq/entry_point": "cli"}
+    tags = {
+        "lsvq/argv": json.dumps(argv),
+        "lsvq/entry_point": "cli",
+        "lsvq/lsvq_dir": str(layout.lsvq_dir),
+        "lsvq/pid": str(os.getpid()),
+    }
     rows = sum(len(v) for v in slices.values())
     log.info("%d rows in %d slices from %s; Dagster instance %s", rows, len(slices), manifest.path, instance.root_directory)
-    report = run_slices(config, slices, instance, run_config=run_config, tags=tags)
+    try:
+        report = run_slices(config, slices, instance, run_config=run_config, tags=tags)
+    except ShardFailed as exc:
+        print(f"error: {exc}; the slices are recorded: run the same command again.", file=sys.stderr)
+        return EXIT_TRANSIENT
     meta = report.shard_metadata
     print(meta.get("summary", "no shard written"))
     threshold = lsvq.attrition_warn_threshold

@@ -1,6 +1,8 @@
 """lsvq_clips[slice]: the slice's clip files on disk and a per-clip outcome table."""
 
 import hashlib
+import logging
+import time
 from collections import Counter
 
 import dagster as dg
@@ -8,14 +10,19 @@ import pyarrow as pa
 
 from lsvq_assets.assets.manifest import MANIFEST_FILE, lsvq_manifest
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, counts_md, md_table
+from lsvq_assets.core.locks import describe, slice_lock
 from lsvq_assets.core.store import ClipStore
 from lsvq_assets.core.tables import read_manifest_rows, write_table
-from lsvq_assets.resources import ClipSourceResource
+from lsvq_assets.probing.pool import ProbeAhead
+from lsvq_assets.resources import ClipSourceResource, ProbeResource
 from lsvq_assets.settings import LsvqSettings
 from lsvq_assets.sources.base import FAILED, SliceClips, ingest_clips
 from lsvq_assets.partitions import slices_partitions
 
 CLIPS_FILE = "clips.parquet"
+# The concurrency pool of every run that downloads: its limit (deploy/dagster.yaml, or
+# `dagster instance concurrency set lsvq_source N`) caps how many slices fetch from the source at once.
+SOURCE_POOL = "lsvq_source"
 CLIPS_SCHEMA = pa.schema(
     [
         ("index", pa.int64()),
@@ -36,6 +43,7 @@ FAILED_COLUMNS = ["src", "reason", "http_status", "attempts"]
 class ClipsConfig(dg.Config):
     retry_failed: bool = False  # also retry clips that failed permanently (404, 410, empty body...)
     verify: bool = False  # re-hash clips already on disk instead of trusting their recorded size
+    probe_ahead: bool = True  # probe each clip as it lands, for lsvq_probes' cache (overlaps the downloads)
 
 
 def _failed_metadata(failures: list[dict], total_rows: int) -> dict:
@@ -46,6 +54,20 @@ def _failed_metadata(failures: list[dict], total_rows: int) -> dict:
         "failed_clips": md_table(failures, FAILED_COLUMNS, limit=50),
         "rows": total_rows,
     }
+
+
+def _top_reasons(failures: list[dict]) -> str:
+    """``disk-error: No space left on device (3), http-503 (1)``: what the operator reads first."""
+    return ", ".join(f"{r} ({n})" for r, n in Counter(f["reason"] or "unknown" for f in failures).most_common(3))
+
+
+def _probe_ahead(prober: ProbeResource) -> ProbeAhead | None:
+    """A background prober for the clips as they land; None when the prober cannot be set up
+    (lsvq_probes then reports that in its own step, as without probing ahead)."""
+    try:
+        return ProbeAhead(prober.prober(), prober.concurrency)
+    except Exception:  # noqa: BLE001 - e.g. ProbeSetupError: a missing ffprobe binary
+        return None
 
 
 def _data_version(result: SliceClips) -> str:
@@ -62,21 +84,51 @@ def _data_version(result: SliceClips) -> str:
     kinds={"python", "parquet", "video"},
     owners=OWNERS,
     code_version="1",
+    pool=SOURCE_POOL,
 )
 def lsvq_clips(
-    context: dg.AssetExecutionContext, config: ClipsConfig, lsvq: LsvqSettings, clip_source: ClipSourceResource
+    context: dg.AssetExecutionContext,
+    config: ClipsConfig,
+    lsvq: LsvqSettings,
+    clip_source: ClipSourceResource,
+    prober: ProbeResource,
 ) -> dg.MaterializeResult:
-    """The slice's clip files under the clips directory, and what happened to each one."""
+    """The slice's clip files under the clips directory, and what happened to each one.
+
+    Each clip is also probed as soon as it lands (while the rest download), into the probe cache
+    that lsvq_probes reads: the probes overlap the downloads instead of following them.
+    """
+    started = time.monotonic()
     key = context.partition_key
     layout = lsvq.layout()
     rows = read_manifest_rows(layout.slice_file(key, MANIFEST_FILE))
     source = clip_source.open(manifest_has_urls=any(r.url for r in rows))
     try:
-        with ClipStore(layout.store_path) as store:
-            result = ingest_clips(rows, layout, store, source, retry_failed=config.retry_failed, verify=config.verify)
-        transient = result.failures(transient=True)
-        if not transient:
-            source.after_success(rows, layout)
+        # One writer of a slice's clips at a time (CLI, UI, backfill): a second one waits, then
+        # finds the clips done. Other slices are not held up.
+        def waiting(holder: dict) -> None:
+            message = f"slice {key} is being materialised by {describe(holder)}: waiting for it to finish"
+            context.log.warning(message)
+            logging.getLogger("lsvq_assets").info(message)  # the CLI's log
+
+        with slice_lock(layout.lsvq_dir, key, f"lsvq_clips, run {context.run.run_id}", on_wait=waiting):
+            ahead = _probe_ahead(prober) if config.probe_ahead else None
+            on_fetched = (lambda res: ahead.submit(res.sha256, layout.clip_path(res.src))) if ahead else None
+            with ClipStore(layout.store_path) as store:
+                try:
+                    result = ingest_clips(
+                        rows, layout, store, source, retry_failed=config.retry_failed, verify=config.verify, on_fetched=on_fetched
+                    )
+                except BaseException:
+                    if ahead:
+                        ahead.cancel()
+                    raise
+                t = time.monotonic()
+                probed_ahead = ahead.finish(store) if ahead else 0
+                probe_wait_s = time.monotonic() - t
+            transient = result.failures(transient=True)
+            if not transient:
+                source.after_success(rows, layout)
     finally:
         source.close()
     counts = result.by_status()
@@ -88,7 +140,7 @@ def lsvq_clips(
         context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=meta))
         raise dg.Failure(
             description=f"{len(transient)} of {len(rows)} clips in slice {key} failed transiently "
-            f"(timeouts, 5xx, 429, resets, disk errors); the rest of the slice is recorded. "
+            f"({_top_reasons(transient)}); the rest of the slice is recorded. "
             f"Run again or backfill this partition.",
             metadata=meta,
         )
@@ -106,6 +158,12 @@ def lsvq_clips(
             "elapsed_s": dg.MetadataValue.float(round(result.elapsed_s, 3)),
             "throughput_mb_s": dg.MetadataValue.float(round(rate, 2)),
             "clips_per_s": dg.MetadataValue.float(round(counts.get("downloaded", 0) / result.elapsed_s, 1) if result.elapsed_s else 0.0),
+            "fetch_s": dg.MetadataValue.float(round(result.fetch_s, 3)),
+            "store_s": dg.MetadataValue.float(round(result.store_s, 3)),
+            "store_during_fetch_s": dg.MetadataValue.float(round(result.store_overlapped_s, 3)),
+            "probed_ahead": probed_ahead,
+            "probe_ahead_wait_s": dg.MetadataValue.float(round(probe_wait_s, 3)),
+            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
             "outcome_table": dg.MetadataValue.path(str(layout.slice_file(key, CLIPS_FILE))),
             **_failed_metadata(permanent, len(rows)),
         },

@@ -13,12 +13,17 @@ from lsvq_assets.settings import LsvqSettings
 
 MANIFEST_FILE = "manifest.parquet"
 
+# Partitioned like the slices so that editing one row makes only its slice stale: the manifest
+# sensor records one observation per changed slice (data version = the slice's fingerprint, the
+# file's sha256 in metadata) and one for the whole file (data version = its sha256).
 lsvq_manifest_csv = dg.AssetSpec(
     "lsvq_manifest_csv",
-    description="The LSVQ split CSV or FAST-VQA/DOVER labels file, maintained outside Dagster.",
+    description="The LSVQ split CSV or FAST-VQA/DOVER labels file, maintained outside Dagster "
+    "(observed by lsvq_manifest_sensor: per slice, data version = the slice's fingerprint).",
     group_name=GROUP,
     kinds={"csv"},
     owners=OWNERS,
+    partitions_def=slices_partitions,
 )
 
 

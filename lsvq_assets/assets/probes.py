@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import time
 from collections import Counter
 
 import dagster as dg
@@ -54,9 +55,17 @@ def _summary(table: list[dict]) -> str:
     kinds={"python", "parquet", "ffmpeg"},
     owners=OWNERS,
     code_version="1",
+    # Local work only: follows a run that materialised lsvq_clips alone (e.g. a backfill of its
+    # failed partitions); a whole-slice run never triggers it twice.
+    automation_condition=dg.AutomationCondition.eager(),
 )
 def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: ProbeResource) -> dg.MaterializeResult:
-    """The slice's probe table: one row per clip that opened as a video (ffprobe's rules)."""
+    """The slice's probe table: one row per clip that opened as a video (ffprobe's rules).
+
+    Results come from the probe cache (by sha256 and backend) when they are there: lsvq_clips
+    fills it while it downloads, so ``cached`` counts those too.
+    """
+    started = time.monotonic()
     key = context.partition_key
     layout = lsvq.layout()
     clips = [c for c in read_table(layout.slice_file(key, CLIPS_FILE)) if c["status"] != FAILED]
@@ -77,9 +86,12 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
             "backend": impl.name,
             "probed": result.probed,
             "cached": result.cached,
+            "probe_s": dg.MetadataValue.float(round(result.probe_s, 3)),
+            "store_s": dg.MetadataValue.float(round(result.store_s, 3)),
             "broken": len(broken),
             "broken_clips": md_table(broken, ["src", "reason"], limit=50),
             "summary": dg.MetadataValue.md(_summary(table)),
+            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
         },
         data_version=dg.DataVersion(version),
     )

@@ -1,6 +1,7 @@
 """lsvq_shard_rows[slice] (a JSONL part per slice) and lsvq_shard (lsvq.jsonl + replay manifest)."""
 
 import json
+import time
 from pathlib import Path
 
 import dagster as dg
@@ -51,6 +52,14 @@ def slice_lines(layout, key: str, corpus_version: str) -> list[str]:
     ]
 
 
+# Local work, like lsvq_probes: follows a run that materialised lsvq_probes without it. Not an
+# update of lsvq_manifest alone: a slice run that failed at lsvq_clips has re-written it, and
+# rebuilding the rows from the old clips then would hide the failed partition.
+ROWS_AUTOMATION = dg.AutomationCondition.eager().replace(
+    "any_deps_updated", dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets("lsvq_manifest"))
+)
+
+
 @dg.asset(
     partitions_def=slices_partitions,
     deps=[lsvq_manifest, lsvq_probes],
@@ -58,9 +67,11 @@ def slice_lines(layout, key: str, corpus_version: str) -> list[str]:
     kinds={"python", "json"},
     owners=OWNERS,
     code_version="1",
+    automation_condition=ROWS_AUTOMATION,
 )
 def lsvq_shard_rows(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
     """The slice's MOS-corpus rows as a JSONL part file (the shard's bytes, one line per clip)."""
+    started = time.monotonic()
     key = context.partition_key
     layout = lsvq.layout()
     lines = slice_lines(layout, key, lsvq.corpus_version)
@@ -76,9 +87,20 @@ def lsvq_shard_rows(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg
             "dagster/column_lineage": COLUMN_LINEAGE,
             "sha256": digest,
             "preview": dg.MetadataValue.md("```\n" + "\n".join(lines[:5]) + "\n```" if lines else "_no rows_"),
+            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
         },
         data_version=dg.DataVersion(digest[:24]),
     )
+
+
+# Re-assemble by itself once the slices settle: after any slice's rows changed, and only when no
+# slice run is queued or running, so a batch of slice runs gives one assembly, not one per slice.
+# A missing or failed slice does not hold it back (the CLI assembles around it too).
+SHARD_AUTOMATION = (
+    dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("slices updated and settled")
 
 
 def _dagster_provenance(context: dg.AssetExecutionContext, keys: list[str]) -> dict:
@@ -106,9 +128,11 @@ def _dagster_provenance(context: dg.AssetExecutionContext, keys: list[str]) -> d
     owners=OWNERS,
     code_version="1",
     check_specs=SHARD_CHECK_SPECS,
+    automation_condition=SHARD_AUTOMATION,
 )
 def lsvq_shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
     """lsvq.jsonl: every slice's rows in manifest order, deduplicated by sha256, plus its replay manifest."""
+    started = time.monotonic()
     layout = lsvq.layout()
     manifest = lsvq.read_manifest()
     slices = lsvq.slices(manifest)
@@ -121,15 +145,15 @@ def lsvq_shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.Mate
             missing_slices.append(key)
             continue
         for line in part.read_text().splitlines():
-            src = json.loads(line)["src"]
-            if src in index:
-                pairs.append((index[src], line))
+            row = json.loads(line)  # parsed once: assemble() takes the parsed row along
+            if row["src"] in index:
+                pairs.append((index[row["src"]], line, row))
     out = assemble(pairs)
     with ClipStore(layout.store_path) as store:
         states = store.get_many(index)
     failed = [s for s in index if s in states and states[s].state == "failed"]
     broken = [s for s in index if s in states and states[s].state == "broken"]
-    written = {json.loads(l)["src"] for l in out.lines}
+    written = set(out.srcs)
     accounted = written | {d for d, _ in out.duplicates} | set(failed) | set(broken)
     unaccounted = [s for s in index if s not in accounted]
     stats = {
@@ -177,6 +201,11 @@ def lsvq_shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.Mate
             f"attrition {stats['attrition_pct']:.2f}% of {len(rows)} rows failed to download, above "
             f"{lsvq.attrition_warn_threshold:.0%}; see {layout.store_path} and the lsvq_clips failure tables"
         )
+    check_results = [
+        attrition_check(stats, lsvq.attrition_warn_threshold),
+        schema_check(out.lines),
+        accounting_check(stats, len(rows), unaccounted),
+    ]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(out.lines),
@@ -191,11 +220,8 @@ def lsvq_shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.Mate
             "duplicates": md_table([{"dropped": d, "kept": k} for d, k in out.duplicates], ["dropped", "kept"]),
             "preview": dg.MetadataValue.md("```\n" + "\n".join(out.lines[:5]) + "\n```" if out.lines else "_no rows_"),
             "replay_manifest": dg.MetadataValue.json(replay),
+            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
         },
         data_version=dg.DataVersion(digest),
-        check_results=[
-            attrition_check(stats, lsvq.attrition_warn_threshold),
-            schema_check(out.lines),
-            accounting_check(stats, len(rows), unaccounted),
-        ],
+        check_results=check_results,
     )

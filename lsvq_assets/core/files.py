@@ -1,29 +1,96 @@
-"""Files that appear whole or not at all: write to a temp file beside the target, fsync, rename."""
+"""Files that appear whole or not at all: write to a temp file beside the target, fsync, rename.
+
+Temp files are hidden and named ``.<target name>.<8 random chars>.part``. A writer killed
+mid-write (``kill -9``, power cut) leaves one behind; ``remove_stale_temps`` is how the next
+writer of the same names removes them. ``atomic_path`` holds a ``flock`` on its temp file while
+it writes, so a temp file that can be locked has no live writer.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
+import re
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import IO
+
+# mkstemp(prefix=f".{name}.", suffix=".part"): 8 characters of [a-z0-9_] in between.
+TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.part")
+
+
+def _has_live_writer(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return True  # vanished (or not ours to open): leave it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # the filesystem cannot lock: the caller's other guards decide
+    finally:
+        os.close(fd)
+    return False
+
+
+def remove_stale_temps(directory: Path, targets: Collection[str] | None, *, older_than: float) -> list[Path]:
+    """Remove temp files of ``targets`` (file names; None: any) in ``directory`` left by dead writers.
+
+    A temp file is stale when it was last written before ``older_than`` (a ``time.time()``
+    value: the start of the caller's own work) and no process holds a ``flock`` on it. Callers
+    that clean temps of writers which do not lock (the clip sources) must be the only writer of
+    ``targets`` (the slice lock). Never raises; returns what it removed.
+    """
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return removed
+    for entry in entries:
+        m = TEMP_NAME.fullmatch(entry.name)
+        if m is None or (targets is not None and m["target"] not in targets):
+            continue
+        try:
+            if not entry.is_file(follow_symlinks=False) or entry.stat(follow_symlinks=False).st_mtime >= older_than:
+                continue
+            if _has_live_writer(entry.path):
+                continue
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
 
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; on success it is fsynced and renamed onto ``path``."""
+    """Yield a temp path beside ``path``; on success it is fsynced and renamed onto ``path`` (mode 0644).
+
+    Temp files of ``path`` left by killed writers are removed on the way.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.time()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    replaced = False
     try:
+        with contextlib.suppress(OSError):  # a filesystem without locks: only the mtime guard then
+            fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer": remove_stale_temps leaves it alone
+        remove_stale_temps(path.parent, {path.name}, older_than=started)
         yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the shard from other users
+        os.fsync(fd)  # the inode's data, whichever handle the caller wrote it through
         os.replace(tmp, path)
+        replaced = True
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        os.close(fd)
+        if not replaced:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
 
 
 @contextlib.contextmanager

@@ -6,10 +6,13 @@ path (the suffix rule), and which rows are dropped and why.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
 import math
+import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
 DEFAULT_SUFFIX = ".mp4"
 MAX_COMPONENT_BYTES = 255
 MAX_NAME_CHARS = 1024
+MAX_MANIFEST_BYTES = 256 * 1024 * 1024  # read whole into memory: refuse what cannot be a manifest
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,8 @@ def read_manifest(path: Path, clip_suffix: str = DEFAULT_SUFFIX, min_csv_rows: i
     text, digest = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
-        records = [(reader.line_num, rec) for rec in reader if any(f.strip() for f in rec)]
+        # rec[0] first: a data row's name field is rarely blank, so the generator is rarely built.
+        records = [(reader.line_num, rec) for rec in reader if rec and (rec[0].strip() or any(f.strip() for f in rec))]
     except csv.Error as exc:
         raise ManifestError(f"{path}: line {reader.line_num}: not a readable CSV ({exc}).") from None
     if not records:
@@ -111,6 +116,15 @@ def read_manifest(path: Path, clip_suffix: str = DEFAULT_SUFFIX, min_csv_rows: i
 
 def _read_text(path: Path) -> tuple[str, str]:
     try:
+        st = path.stat()
+        if stat.S_ISREG(st.st_mode) and st.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path} is {st.st_size} bytes, more than a manifest can be ({MAX_MANIFEST_BYTES} at most; "
+                f"the LSVQ splits are a few MB): is it the right file? {LABELS_HINT}"
+            )
+        if not stat.S_ISREG(st.st_mode) and not stat.S_ISDIR(st.st_mode):
+            # A device would be read forever; a pipe only once (every slice's run reads the file again).
+            raise ManifestError(f"{path} is not a regular file (a device or a pipe?): save the manifest to a file and pass its path.")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(
@@ -123,6 +137,8 @@ def _read_text(path: Path) -> tuple[str, str]:
         raise ManifestError(f"cannot read manifest {path}: {exc.strerror}.") from None
     if not raw.strip():
         raise ManifestError(f"{path} is empty. {LABELS_HINT}")
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise ManifestError(f"{path} is UTF-16 text (\"Unicode\" in some editors): save the manifest as UTF-8.")
     if b"\x00" in raw:
         raise ManifestError(f"{path} is not a text file (it holds NUL bytes). {LABELS_HINT}")
     try:
@@ -165,6 +181,10 @@ def _first(rec: list[str], idx: list[int] | None) -> str:
     return ""
 
 
+# A backslash, or a control character (C0 or DEL), anywhere in a name.
+_BAD_CHAR = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
 def name_problem(name: str) -> str | None:
     """Why a clip name cannot be used as a path inside the clips directory, or None."""
     if not name:
@@ -173,14 +193,15 @@ def name_problem(name: str) -> str | None:
         return "name-too-long"
     if name.startswith("/") or (len(name) > 1 and name[1] == ":"):
         return "absolute-name"
-    if "\\" in name or any(ord(c) < 32 or ord(c) == 127 for c in name):
+    if _BAD_CHAR.search(name):
         return "bad-name"
     parts = name.split("/")
     if ".." in parts:
         return "path-traversal"
     if any(p in ("", ".") for p in parts):
         return "bad-name"
-    if any(len(p.encode()) > MAX_COMPONENT_BYTES for p in parts):
+    # UTF-8 spends at most 4 bytes a character: only a longer component needs encoding to tell.
+    if max(map(len, parts)) * 4 > MAX_COMPONENT_BYTES and any(len(p.encode()) > MAX_COMPONENT_BYTES for p in parts):
         return "name-too-long"
     return None
 
@@ -192,7 +213,7 @@ def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns
     for line, rec in data:
         name = _first(rec, name_i)
         # The suffix lengthens the last component: check the file name too (255 bytes at most).
-        problem = name_problem(name) or name_problem(name + suffix)
+        problem = name_problem(name) or (name_problem(name + suffix) if suffix else None)
         if problem:
             dropped.append(DroppedRow(line, name[:200], problem))
             continue

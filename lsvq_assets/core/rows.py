@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 CORPUS = "lsvq"
 # key -> the JSON types a value may have
@@ -70,9 +70,10 @@ def line_problems(line: str) -> list[str]:
     for key, types in ROW_TYPES.items():
         if key in row and (not isinstance(row[key], types) or isinstance(row[key], bool)):
             problems.append(f"{key}: {type(row[key]).__name__} is not {'/'.join(t.__name__ for t in types)}")
-    mos = row.get("mos")
-    if isinstance(mos, (int, float)) and not math.isfinite(mos):
-        problems.append("mos is not finite")
+    for key in ROW_KEYS:  # NaN / Infinity: json.dumps writes them, strict JSON readers refuse them
+        value = row.get(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            problems.append(f"{key} is not finite")
     if not problems and row_line(row) != line:
         problems.append("bytes differ from json.dumps(row, sort_keys=True)")
     return problems
@@ -83,14 +84,20 @@ class Assembled:
     lines: list[str]
     dedups: int
     duplicates: list[tuple[str, str]]  # (src dropped, src kept)
+    srcs: list[str] = field(default_factory=list)  # the src of each kept line
 
 
-def assemble(rows: Iterable[tuple[int, str]]) -> Assembled:
-    """Order (manifest index, line) pairs by index and drop later lines whose sha256 was seen."""
+def assemble(rows: Iterable[tuple[int, str] | tuple[int, str, Mapping]]) -> Assembled:
+    """Order (manifest index, line) pairs by index and drop later lines whose sha256 was seen.
+
+    A pair may carry its line already parsed as a third item, ``(index, line, row)``: the line is
+    then not parsed again (the shard's 39k lines are read once).
+    """
     kept: dict[str, str] = {}
     out = Assembled([], 0, [])
-    for _, line in sorted(rows, key=lambda pair: pair[0]):
-        row = json.loads(line)
+    for item in sorted(rows, key=lambda pair: pair[0]):
+        line = item[1]
+        row = item[2] if len(item) > 2 else json.loads(line)
         first = kept.get(row["src_sha256"])
         if first is not None:
             out.dedups += 1
@@ -98,4 +105,5 @@ def assemble(rows: Iterable[tuple[int, str]]) -> Assembled:
             continue
         kept[row["src_sha256"]] = row["src"]
         out.lines.append(line)
+        out.srcs.append(row["src"])
     return out

@@ -18,7 +18,7 @@ from pathlib import Path
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.store import ClipRecord, ClipStore, utc_now
-from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.files import remove_stale_temps, sha256_file
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,9 @@ class SliceClips:
     table: list[dict] = field(default_factory=list)
     bytes_fetched: int = 0
     elapsed_s: float = 0.0
+    fetch_s: float = 0.0  # wall time of source.fetch (download, hash while streaming, write, fsync)
+    store_s: float = 0.0  # time in the clip-state store outside source.fetch (before and after it)
+    store_overlapped_s: float = 0.0  # time the download threads spent writing batches (inside fetch_s)
 
     def by_status(self) -> Counter:
         return Counter(r["status"] for r in self.table)
@@ -75,14 +78,25 @@ class SliceClips:
 
 
 class _Recorder:
-    """Collects results from the source's threads and writes them to the store in batches."""
+    """Collects results from the source's threads and writes them to the store in batches.
 
-    def __init__(self, store: ClipStore, batch: int = 64, interval_s: float = 0.5) -> None:
-        self.store, self.batch, self.interval_s = store, batch, interval_s
+    A batch is taken under ``lock`` but written under ``write_lock`` only, so the other download
+    threads keep reporting while a batch's transaction commits (and fsyncs). ``on_ok`` is called
+    for every clip that landed, outside both locks (e.g. to probe it while the rest downloads).
+    """
+
+    def __init__(
+        self, store: ClipStore, batch: int = 64, interval_s: float = 0.5, on_ok: Callable[[ClipResult], None] | None = None
+    ) -> None:
+        self.store, self.batch, self.interval_s, self.on_ok = store, batch, interval_s, on_ok
         self.pending: list[ClipRecord] = []
         self.results: dict[str, ClipResult] = {}
         self.lock = threading.Lock()
+        self.write_lock = threading.Lock()
+        self.written = threading.Condition(self.lock)  # notified when a batch taken is written
+        self.inflight = 0  # batches taken and not yet written
         self.last = time.monotonic()
+        self.store_s = 0.0
 
     def __call__(self, res: ClipResult) -> None:
         rec = ClipRecord(
@@ -100,17 +114,43 @@ class _Recorder:
             self.pending.append(rec)
             due = len(self.pending) >= self.batch or time.monotonic() - self.last > self.interval_s
             if due:
-                self._flush_locked()
+                batch = self._take_locked()
+        if due:
+            self._write(batch)
+        if res.ok and self.on_ok is not None:
+            self.on_ok(res)
 
-    def _flush_locked(self) -> None:
-        if self.pending:
-            self.store.record_many(self.pending)
-            self.pending = []
-        self.last = time.monotonic()
+    def _take_locked(self) -> list[ClipRecord]:
+        batch, self.pending, self.last = self.pending, [], time.monotonic()
+        self.inflight += 1
+        return batch
+
+    def _write(self, batch: list[ClipRecord]) -> None:
+        try:
+            if batch:
+                with self.write_lock:
+                    t = time.monotonic()
+                    try:
+                        self.store.record_many(batch)
+                    finally:
+                        self.store_s += time.monotonic() - t
+        except BaseException:
+            with self.lock:
+                self.pending[:0] = batch  # kept for the next flush, as if never taken
+            raise
+        finally:
+            with self.lock:
+                self.inflight -= 1
+                self.written.notify_all()
 
     def flush(self) -> None:
+        """Write what is pending; returns once every batch taken so far is committed."""
         with self.lock:
-            self._flush_locked()
+            batch = self._take_locked()
+        self._write(batch)
+        with self.lock:
+            while self.inflight:
+                self.written.wait()
 
 
 def _cached(rec: ClipRecord | None, path: Path, verify: bool) -> ClipRecord | None:
@@ -132,6 +172,17 @@ def _cached(rec: ClipRecord | None, path: Path, verify: bool) -> ClipRecord | No
     return ClipRecord(src=str(path), state=state, sha256=digest, size=size)
 
 
+def _remove_stale_temps(rows: Sequence[ManifestRow], layout: Layout) -> None:
+    """Remove ``.<clip>.XXXXXXXX.part`` files of these rows that a killed run left (once per slice)."""
+    now = time.time()
+    by_dir: dict[Path, set[str]] = {}
+    for row in rows:
+        path = layout.clip_path(row.src)
+        by_dir.setdefault(path.parent, set()).add(path.name)
+    for directory, names in by_dir.items():
+        remove_stale_temps(directory, names, older_than=now)
+
+
 def ingest_clips(
     rows: Sequence[ManifestRow],
     layout: Layout,
@@ -140,10 +191,21 @@ def ingest_clips(
     *,
     retry_failed: bool = False,
     verify: bool = False,
+    on_fetched: Callable[[ClipResult], None] | None = None,
 ) -> SliceClips:
-    """Bring a slice's clips into place through ``source``, recording every outcome in ``store``."""
+    """Bring a slice's clips into place through ``source``, recording every outcome in ``store``.
+
+    ``on_fetched`` is called (from the source's threads) for every clip that landed, while the
+    rest of the slice is still downloading.
+
+    The caller is the slice's only writer (``lsvq_clips`` holds the slice lock): temp files of the
+    slice's clips left by a killed run are removed first.
+    """
     start = time.monotonic()
+    _remove_stale_temps(rows, layout)
+    t = time.monotonic()
     known = store.get_many(r.src for r in rows)
+    store_s = time.monotonic() - t
     to_fetch: list[ManifestRow] = []
     adopted: list[ClipRecord] = []
     status: dict[str, str] = {}
@@ -159,21 +221,30 @@ def ingest_clips(
         status[row.src] = CACHED
         if cached is not rec:
             adopted.append(ClipRecord(src=row.src, state=cached.state, sha256=cached.sha256, size=cached.size))
+    t = time.monotonic()
     if adopted:
         store.record_many(adopted)
-    recorder = _Recorder(store)
+    store_s += time.monotonic() - t
+    recorder = _Recorder(store, on_ok=on_fetched)
+    fetch_started = time.monotonic()
     if to_fetch:
         source.fetch(to_fetch, layout, recorder)
+    fetch_s = time.monotonic() - fetch_started
+    store_overlapped_s = recorder.store_s
+    t = time.monotonic()
     recorder.flush()
+    store_s += time.monotonic() - t
     for row in to_fetch:
         res = recorder.results.get(row.src)
         if res is None:  # a source must report every clip; never count a silent one as done
             recorder(ClipResult(row.src, ok=False, reason="not-reported-by-source", transient=True))
             res = recorder.results[row.src]
         status[row.src] = DOWNLOADED if res.ok else FAILED
+    t = time.monotonic()
     recorder.flush()
     final = store.get_many(r.src for r in rows)
-    out = SliceClips(elapsed_s=time.monotonic() - start)
+    store_s += time.monotonic() - t
+    out = SliceClips(elapsed_s=time.monotonic() - start, fetch_s=fetch_s, store_s=store_s, store_overlapped_s=store_overlapped_s)
     out.bytes_fetched = sum(r.size or 0 for r in recorder.results.values() if r.ok)
     for row in rows:
         rec = final[row.src]

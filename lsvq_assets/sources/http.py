@@ -14,6 +14,9 @@ One :class:`HttpFetcher` is shared by a pool of worker threads. Each
   ``dest``. The temp file never survives a failure;
 * a body shorter than its Content-Length, a reset, a stall longer than the
   read timeout, or a body *longer* than its Content-Length is never accepted;
+* a body that trickles (still under ``min_rate_bytes_s`` on average once the
+  read timeout has passed) is abandoned (``too-slow``, transient, not retried
+  in-fetch): the read timeout alone never fires while bytes keep coming;
 * transient failures (timeouts, connection errors, 408/425/429/5xx, short or
   long bodies) are retried with exponential backoff and full jitter, or after
   the server's ``Retry-After`` for 429/503; permanent failures (404, 410, other
@@ -323,6 +326,7 @@ class HttpFetcher:
         retry_after_max_s: float = 120.0,
         user_agent: str = "lsvq_assets/0.1",
         overrun_grace_s: float = 0.0,
+        min_rate_bytes_s: float = 16 * 1024,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
@@ -344,6 +348,8 @@ class HttpFetcher:
         # Extra wait for bytes beyond Content-Length after the last declared
         # byte arrived. 0 = only what is already buffered/queued (same segment).
         self.overrun_grace_s = float(overrun_grace_s)
+        # Average body rate a download must keep once timeout_s has passed (0: no floor).
+        self.min_rate_bytes_s = float(min_rate_bytes_s)
 
         self._closed = threading.Event()
         self._session = requests.Session()
@@ -491,6 +497,7 @@ class HttpFetcher:
             return _Outcome(False, n_requests, status, failure=_disk_failure(exc))
 
         hasher = hashlib.sha256()
+        body_started = time.monotonic()
         written = 0
         done = False
         try:
@@ -517,7 +524,9 @@ class HttpFetcher:
                             amt = min(CHUNK_SIZE, remaining - 1)
                     else:
                         amt = CHUNK_SIZE
-                    data = raw.read(amt, decode_content=False)
+                    # read1: whatever has arrived (one recv), so the rate check below runs
+                    # while a trickling body is still coming, not after CHUNK_SIZE bytes.
+                    data = raw.read1(amt, decode_content=False)
                 except _NETWORK_ERRORS as exc:  # incl. raw socket errors from the peek
                     return _Outcome(False, n_requests, status, failure=_classify_network_error(exc, written, clen))
                 if not data:
@@ -536,6 +545,18 @@ class HttpFetcher:
                 except OSError as exc:
                     return _Outcome(False, n_requests, status, failure=_disk_failure(exc))
                 written += len(data)
+                elapsed = time.monotonic() - body_started
+                if self.min_rate_bytes_s > 0 and elapsed > self.timeout_s and written < self.min_rate_bytes_s * elapsed:
+                    return _Outcome(
+                        False,
+                        n_requests,
+                        status,
+                        failure=_Failure(
+                            f"too-slow: {written} bytes in {elapsed:.0f}s, under {self.min_rate_bytes_s:.0f} B/s",
+                            transient=True,
+                            retryable=False,  # another attempt would trickle as long again
+                        ),
+                    )
 
             if written == 0:
                 return _Outcome(False, n_requests, status, failure=_Failure("empty-body", False, False))

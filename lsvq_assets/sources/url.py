@@ -64,8 +64,14 @@ class UrlClipSource(ClipSource):
 
     def fetch(self, rows: Sequence[ManifestRow], layout: Layout, on_result: OnResult) -> None:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="lsvq-fetch") as pool:
-            for fut in [pool.submit(self._one, row, layout, on_result) for row in rows]:
-                fut.result()
+            futures = [pool.submit(self._one, row, layout, on_result) for row in rows]
+            try:
+                for fut in futures:
+                    fut.result()
+            except BaseException:  # Ctrl-C / SIGTERM (Dagster's interrupt): start no more downloads
+                for fut in futures:
+                    fut.cancel()
+                raise
 
     def close(self) -> None:
         self.fetcher.close()

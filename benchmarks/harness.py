@@ -1,0 +1,641 @@
+"""The benchmark harness: the seed's sequential loop against the project, end to end, on loopback.
+
+One run (``make bench`` or ``python -m benchmarks``) does, on a generated corpus served from
+127.0.0.1 with a configurable per-request latency:
+
+1. for each latency: the seed baseline (``benchmarks/seed_baseline.py``: a curl and an ffprobe
+   process per clip, a sha256 pass after each download, sequential), then the project through
+   its CLI and Dagster (``python -m lsvq_assets --full --clip-url-template ...`` in a fresh
+   working directory and DAGSTER_HOME, ``--repeat`` times, median reported), then the folder
+   archive source on the same bytes (``--source archive``);
+2. the memory case: one 1 GiB clip through the CLI, peak RSS of the process tree;
+3. a 39k-row manifest parsed and sliced;
+
+then prints clips/s, ratios, time per stage, Dagster's overhead, peak memory and PASS/FAIL per
+target, writes ``benchmarks/results/<timestamp>.json`` (and ``latest.json``), and a plot.
+Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from benchmarks import seed_baseline
+from benchmarks.corpus import Corpus, CorpusSpec, build_archives, build_big_clip, build_corpus
+from benchmarks.measure import run_measured
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+TARGETS = {
+    "speedup_0ms": 8.0,  # x the baseline, 500 clips, bare loopback
+    "speedup_100ms": 20.0,  # x the baseline, 500 clips, 100 ms per request
+    "big_clip_peak_rss_mb": 300.0,  # one 1 GiB clip
+    "dagster_overhead_pct_100ms": 10.0,  # of a 500-clip slice run's wall time, 100 ms latency
+    "manifest_parse_s": 1.0,  # 39k rows parsed and sliced
+    "archive_vs_url": 1.20,  # archive source wall / per-clip source wall, same bytes
+}
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def clean_env(dagster_home: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_"))}
+    env["DAGSTER_HOME"] = str(dagster_home)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+# An operator's instance settings that cut Dagster's cost per run on SQLite: one event database
+# for all runs (the default creates, migrates and stamps a new SQLite file for every run) and no
+# compute-log capture (the CLI prints its own log).
+TUNED_YAML = """\
+event_log_storage:
+  module: dagster._core.storage.event_log
+  class: ConsolidatedSqliteEventLogStorage
+  config:
+    base_dir: {home}/history
+compute_logs:
+  module: dagster._core.storage.noop_compute_log_manager
+  class: NoOpComputeLogManager
+"""
+
+
+def fresh_home(work: Path, tuned: bool = False) -> Path:
+    """A new DAGSTER_HOME; telemetry off so a benchmark never writes or sends usage data."""
+    home = work / "dagster_home"
+    home.mkdir(parents=True)
+    text = "telemetry:\n  enabled: false\n" + (TUNED_YAML.format(home=home) if tuned else "")
+    (home / "dagster.yaml").write_text(text)
+    return home
+
+
+# --------------------------------------------------------------------------- the seed
+
+
+def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    cmd = [
+        PY, "-m", "benchmarks.seed_baseline",
+        "--manifest-csv", str(corpus.csv),
+        "--lsvq-dir", str(work),
+        "--url-template", base_url + "/{name}{suffix}",
+        "--max-rows", "0",
+    ]  # fmt: skip
+    m = run_measured(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    if m.returncode != 0:
+        raise RuntimeError(f"seed baseline failed ({m.returncode}): {m.stderr[-2000:]}")
+    detail = json.loads(m.stdout.strip().splitlines()[-1])
+    return {
+        "wall_s": m.wall_s,
+        "loop_wall_s": detail["wall_s"],
+        "stage_s": detail["stage_s"],
+        "peak_rss_mb": m.peak_rss_mb,
+        "summary": m.stdout.strip().splitlines()[0],
+        "clips_per_s": len(corpus.names) / m.wall_s,
+        "rows": _rows(work / "lsvq.jsonl"),
+    }
+
+
+# --------------------------------------------------------------------------- the project
+
+
+def cli_cmd(corpus: Corpus, work: Path, extra: list[str]) -> list[str]:
+    return [
+        PY, "-m", "lsvq_assets", "--full",
+        "--lsvq-dir", str(work / "lsvq"),
+        "--manifest-csv", str(corpus.csv),
+        "--min-csv-rows", "1",
+        *extra,
+    ]  # fmt: skip
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def run_project(corpus: Corpus, work: Path, extra: list[str], hash_mb_s: float, tuned: bool = False) -> dict:
+    """One CLI run in a fresh working directory and DAGSTER_HOME, and where its time went."""
+    from benchmarks.dagster_stats import read_runs
+
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    home = fresh_home(work, tuned)
+    m = run_measured(cli_cmd(corpus, work, extra), env=clean_env(home), cwd=work)
+    if m.returncode != 0:
+        raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stdout[-1500:]}\n{m.stderr[-3000:]}")
+    runs = read_runs(str(home))
+    slice_runs = [r for r in runs if r.job == "lsvq_slice_job"]
+    shard_runs = [r for r in runs if r.job == "lsvq_shard_job"]
+    rows = _rows(work / "lsvq" / "lsvq.jsonl")
+
+    def body(key: str, rs: list) -> float:
+        return sum(r.steps[key].body_s for r in rs if key in r.steps)
+
+    def meta(key: str, name: str, rs: list) -> float:
+        return sum(float(r.steps[key].metadata.get(name, 0) or 0) for r in rs if key in r.steps)
+
+    slice_wall = sum(r.wall_s for r in slice_runs)
+    slice_body = sum(r.body_s for r in slice_runs)
+    shard_wall = sum(r.wall_s for r in shard_runs)
+    shard_body = sum(r.body_s for r in shard_runs)
+    bytes_fetched = meta("lsvq_clips", "bytes_fetched", slice_runs)
+    fetch_s = meta("lsvq_clips", "fetch_s", slice_runs) or meta("lsvq_clips", "elapsed_s", slice_runs)
+    clips_store = meta("lsvq_clips", "store_s", slice_runs)
+    probe_wait = meta("lsvq_clips", "probe_ahead_wait_s", slice_runs)
+    probes_probe, probes_store = meta("lsvq_probes", "probe_s", slice_runs), meta("lsvq_probes", "store_s", slice_runs)
+    # The CLI's log lines (ms timestamps) split its wall time into startup, the slice runs as
+    # execute_in_process saw them (plan, run creation, registration included) and the rest.
+    marks = cli_marks(m.stderr)
+    t_rows = marks.get("rows", m.started_at)
+    t_slices = marks.get("slices_done", t_rows)
+    startup = max(0.0, t_rows - m.started_at)
+    slices_exec = max(slice_wall, t_slices - t_rows)
+    after = max(0.0, m.wall_s - startup - slices_exec)
+    stages = {
+        "startup (interpreter, imports, manifest, instance)": startup,
+        "manifest asset": body("lsvq_manifest", slice_runs),
+        "download (hash while streaming, write, fsync)": fetch_s,
+        "probe (what did not overlap the download)": probe_wait + probes_probe,
+        "store (clip-state SQLite)": clips_store + probes_store,
+        "other asset work (parquet, metadata)": max(0.0, body("lsvq_clips", slice_runs) - fetch_s - clips_store - probe_wait)
+        + max(0.0, body("lsvq_probes", slice_runs) - probes_probe - probes_store),
+        "rows asset": body("lsvq_shard_rows", slice_runs),
+        "Dagster: inside slice runs": slice_wall - slice_body,
+        "Dagster: around slice runs (plan, run creation)": slices_exec - slice_wall,
+        "shard asset": shard_body,
+        "Dagster: shard run (in and around it), exit": max(0.0, after - shard_body),
+    }
+    return {
+        "wall_s": m.wall_s,
+        "clips_per_s": len(corpus.names) / m.wall_s,
+        "peak_rss_mb": m.peak_rss_mb,
+        "maxrss_mb": m.maxrss_mb,
+        "tree_peak_mb": m.tree_peak_mb,
+        "summary": next((l for l in m.stdout.splitlines() if l.startswith("wrote ")), ""),
+        "runs": [
+            {
+                "job": r.job,
+                "partition": r.partition,
+                "status": r.status,
+                "wall_s": r.wall_s,
+                "body_s": r.body_s,
+                "overhead_s": r.overhead_s,
+                "events": r.events,
+                "steps": {k: {"step_s": s.step_s, "body_s": s.body_s, "body_from": s.body_from} for k, s in r.steps.items()},
+            }
+            for r in runs
+        ],
+        "slice_run_wall_s": slice_wall,
+        "slice_run_body_s": slice_body,
+        "dagster_overhead_slice_s": slice_wall - slice_body,
+        "dagster_overhead_slice_pct": 100 * (slice_wall - slice_body) / slice_wall if slice_wall else 0.0,
+        "body_from": sorted({f"{k}:{s.body_from}" for r in runs for k, s in r.steps.items()}),
+        "stage_s": stages,
+        "hash_estimate_s": bytes_fetched / 1e6 / hash_mb_s if hash_mb_s else 0.0,
+        "dagster_around_slice_runs_s": slices_exec - slice_wall,
+        "dagster_overhead_slice_incl_around_pct": 100 * (slices_exec - slice_body) / slices_exec if slices_exec else 0.0,
+        "cpu_s": m.cpu_s,
+        "probed_ahead": meta("lsvq_clips", "probed_ahead", slice_runs),
+        "bytes_fetched": bytes_fetched,
+        "rows": len(rows),
+        "_rows": rows,
+    }
+
+
+def cli_marks(stderr: str) -> dict[str, float]:
+    """Epoch times of the CLI's "N rows in M slices" line and of its last "slice i/n" line."""
+    out: dict[str, float] = {}
+    for line in stderr.splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the CLI's
+        if " rows in " in m["msg"] and " slices from " in m["msg"] and "rows" not in out:
+            out["rows"] = when
+        elif _SLICE_DONE.match(m["msg"]):
+            out["slices_done"] = when
+    return out
+
+
+_SLICE_DONE = re.compile(r"slice \d+/\d+ ")
+_LOG_LINE = re.compile(r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (?P<msg>.*)")
+
+
+def median_run(runs: list[dict]) -> dict:
+    ordered = sorted(runs, key=lambda r: r["wall_s"])
+    best = dict(ordered[len(ordered) // 2])
+    best["all_wall_s"] = [round(r["wall_s"], 3) for r in runs]
+    return best
+
+
+def rows_agree(seed_rows: list[dict], project_rows: list[dict]) -> tuple[bool, str]:
+    """Same clips, same bytes, same probe values and MOS (src differs: basename vs folder path)."""
+    keys = ("src_sha256", "src_size_bytes", "width", "height", "framerate", "duration_s", "pix_fmt", "encoder_upstream", "mos")
+    a = sorted(tuple(r[k] for k in keys) for r in seed_rows)
+    b = sorted(tuple(r[k] for k in keys) for r in project_rows)
+    if a == b:
+        return True, f"{len(a)} rows identical on {', '.join(keys)}"
+    diff = len(set(a) ^ set(b))
+    return False, f"seed {len(a)} rows, project {len(b)} rows, {diff} differ"
+
+
+# --------------------------------------------------------------------------- small measurements
+
+
+def hashlib_mb_s() -> float:
+    data = os.urandom(64 << 20)
+    t = time.perf_counter()
+    hashlib.sha256(data).hexdigest()
+    return 64 * 1.048576 / (time.perf_counter() - t)
+
+
+def startup_costs(work: Path) -> dict:
+    """Process start + imports of the CLI's modules, and creating a fresh Dagster instance."""
+    code = (
+        "import time; t=time.perf_counter(); import lsvq_assets.cli, lsvq_assets.runner, lsvq_assets.definitions; "
+        "i=time.perf_counter()-t; import dagster as dg; t=time.perf_counter(); dg.DagsterInstance.get().get_runs(); "
+        "print(i, time.perf_counter()-t)"
+    )
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    home = fresh_home(work)
+    t = time.perf_counter()
+    out = subprocess.run([PY, "-c", code], env=clean_env(home), capture_output=True, text=True, check=True)
+    total = time.perf_counter() - t
+    imports, instance = map(float, out.stdout.split())
+    return {"process_s": total, "imports_s": imports, "fresh_instance_s": instance}
+
+
+def manifest_parse(work: Path, rows: int, repeat: int = 3) -> dict:
+    """A ``rows``-row PatchVQ CSV (51 folders, 38 columns) parsed and sliced, in a fresh process."""
+    from lsvq_assets_tests.manifest_fixtures import labels_pairs, write_labels_txt, write_patchvq_csv
+
+    work.mkdir(parents=True, exist_ok=True)
+    csv_path, txt_path = work / f"LSVQ_whole_train-{rows}.csv", work / f"labels-{rows}.txt"
+    if not csv_path.exists():
+        write_patchvq_csv(csv_path, rows, columns=38)
+    if not txt_path.exists():
+        write_labels_txt(txt_path, labels_pairs(rows))
+    code = (
+        "import sys, time, json\n"
+        "from lsvq_assets.settings import LsvqSettings\n"
+        "out = {}\n"
+        "for path in sys.argv[2:]:\n"
+        "    s = LsvqSettings(lsvq_dir=sys.argv[1], manifest_csv=path, max_rows=0)\n"
+        "    times = []\n"
+        f"    for _ in range({repeat}):\n"
+        "        t = time.perf_counter(); m = s.read_manifest(); sl = s.slices(m); times.append(time.perf_counter() - t)\n"
+        "    out[path] = {'times_s': times, 'rows': len(m.rows), 'slices': len(sl), 'format': m.format}\n"
+        "print(json.dumps(out))\n"
+    )
+    done = subprocess.run([PY, "-c", code, str(work), str(csv_path), str(txt_path)], capture_output=True, text=True, check=True, cwd=REPO)
+    res = json.loads(done.stdout)
+    by = {("csv" if p.endswith(".csv") else "labels"): v for p, v in res.items()}
+    for v in by.values():
+        v["first_s"], v["median_s"] = v["times_s"][0], statistics.median(v["times_s"])
+    return by
+
+
+def archive_available() -> tuple[bool, str]:
+    try:
+        from lsvq_assets.resources import ClipSourceResource
+        from lsvq_assets.sources.archive import ArchiveClipSource  # noqa: F401
+    except ImportError as exc:
+        return False, f"sources/archive.py not importable ({exc})"
+    if "archive" not in str(ClipSourceResource.model_fields["source"].annotation):
+        return False, "ClipSourceResource has no archive source"
+    return True, ""
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:7.2f}s"
+
+
+def verdict(ok: bool | None) -> str:
+    return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+
+
+def evaluate(res: dict) -> list[dict]:
+    """PASS/FAIL per target, for the default configuration and (where it applies) the tuned one."""
+    out = []
+    lat = res["latency"]
+    n = res["config"]["clips"]
+
+    def add(target: str, want: str, got: str, ok: bool | None, variant: str = "default") -> None:
+        out.append({"target": target, "variant": variant, "want": want, "got": got, "ok": ok})
+
+    for ms, name in ((0, "speedup_0ms"), (100, "speedup_100ms")):
+        for variant in ("project", "tuned"):
+            r = lat.get(str(ms), {}).get(variant)
+            if variant == "tuned" and not r:
+                continue
+            ratio = r.get("speedup") if r else None
+            add(name, f">= {TARGETS[name]:g}x the seed baseline ({n} clips, {ms} ms)", f"{ratio:.1f}x" if ratio else "not measured",
+                None if ratio is None else ratio >= TARGETS[name], "default" if variant == "project" else "tuned")
+    for variant in ("project", "tuned"):
+        r = lat.get("100", {}).get(variant)
+        if variant == "tuned" and not r:
+            continue
+        pct = r["dagster_overhead_slice_pct"] if r else None
+        add("dagster_overhead_pct_100ms", f"<= {TARGETS['dagster_overhead_pct_100ms']:g}% of the slice run's wall time (100 ms)",
+            f"{pct:.1f}% ({r['dagster_overhead_slice_s']:.2f}s of {r['slice_run_wall_s']:.2f}s)" if r else "not measured",
+            None if pct is None else pct <= TARGETS["dagster_overhead_pct_100ms"], "default" if variant == "project" else "tuned")
+    big = res.get("big_clip")
+    add("big_clip_peak_rss_mb", f"<= {TARGETS['big_clip_peak_rss_mb']:g} MB peak RSS ingesting one {res['config']['big_mib']} MiB clip",
+        f"{big['peak_rss_mb']:.0f} MB, {big['rows']} row" if big else "not measured",
+        None if not big else big["peak_rss_mb"] <= TARGETS["big_clip_peak_rss_mb"] and big["rows"] == 1)
+    man = res.get("manifest")
+    worst = max(v["median_s"] for v in man.values()) if man else None
+    add("manifest_parse_s", f"< {TARGETS['manifest_parse_s']:g}s to parse and slice {res['config']['manifest_rows']} rows",
+        ", ".join(f"{k} {v['median_s']:.2f}s" for k, v in man.items()) if man else "not measured",
+        None if worst is None else worst < TARGETS["manifest_parse_s"])
+    ratios = {ms: r["archive"]["vs_url"] for ms, r in lat.items() if r.get("archive")}
+    add("archive_vs_url", f"archive source within {100 * (TARGETS['archive_vs_url'] - 1):.0f}% of the per-clip source (wall, same bytes)",
+        ", ".join(f"{v:.2f}x at {ms} ms" for ms, v in ratios.items()) or res.get("archive_skipped", "not measured"),
+        None if not ratios else all(v <= TARGETS["archive_vs_url"] for v in ratios.values()))
+    return out
+
+
+def print_report(res: dict) -> None:
+    cfg = res["config"]
+    log("")
+    log(f"== {cfg['clips']} clips x {cfg['clip_kb']} KB ({cfg['corpus_mb']} MB) in {cfg['folders']} folder(s); "
+        f"{res['machine']['cpus']} CPUs; load average {res['load_avg_start'][0]:.1f} at the start, {res['load_avg_end'][0]:.1f} at the end ==")
+    log("default = the CLI as shipped (concurrency " + str(cfg["concurrency"] or "default") + "); tuned = --concurrency "
+        f"{cfg['tuned_concurrency']} + consolidated SQLite event storage, no compute-log capture")
+    head = f"{'latency':>8} {'variant':>8} {'wall':>8} {'clips/s':>8} {'CPU':>7} {'vs seed':>8} {'Dagster':>8} {'% slice':>8} {'RSS MB':>7}"
+    log(head)
+    for ms, r in res["latency"].items():
+        seed = r.get("seed")
+        if seed:
+            log(f"{ms + ' ms':>8} {'seed':>8} {seed['wall_s']:7.2f}s {seed['clips_per_s']:8.1f} {'':>7} {'1.0x':>8} {'':>8} {'':>8} {seed['peak_rss_mb']:7.0f}")
+        for name in ("project", "tuned", "archive"):
+            p = r.get(name)
+            if not p:
+                continue
+            vs = f"{seed['wall_s'] / p['wall_s']:.1f}x" if seed else "-"
+            label = {"project": "default", "tuned": "tuned", "archive": "archive"}[name]
+            log(f"{ms + ' ms':>8} {label:>8} {p['wall_s']:7.2f}s {p['clips_per_s']:8.1f} {p['cpu_s']:6.1f}s {vs:>8} "
+                f"{p['dagster_overhead_slice_s']:7.2f}s {p['dagster_overhead_slice_pct']:7.1f}% {p['peak_rss_mb']:7.0f}")
+    for ms, r in res["latency"].items():
+        for name in ("project", "tuned"):
+            p = r.get(name)
+            if not p:
+                continue
+            log(f"\n-- time per stage at {ms} ms, {'default' if name == 'project' else 'tuned'} (median run) --")
+            for stage, v in p["stage_s"].items():
+                log(f"   {stage:52s} {v:7.3f}s")
+            log(f"   {'= CLI wall time':52s} {p['wall_s']:7.3f}s  (runs: {', '.join(f'{w:.2f}' for w in p['all_wall_s'])}s)")
+            log(f"   sha256 inside the download ~{p['hash_estimate_s']:.3f}s; {p['probed_ahead']:.0f} clips probed while downloading; "
+                f"Dagster {p['dagster_overhead_slice_s']:.3f}s = {p['dagster_overhead_slice_pct']:.1f}% of the slice run "
+                f"({p['slice_run_wall_s']:.2f}s), {p['dagster_overhead_slice_incl_around_pct']:.1f}% with plan and run creation")
+            if p.get("rows_agree"):
+                log(f"   rows vs seed: {p['rows_agree']}")
+        if r.get("seed"):
+            log(f"   seed baseline: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["seed"]["stage_s"].items()))
+        if r.get("archive"):
+            log(f"   archive: {r['archive']['wall_s']:.2f}s = {r['archive']['vs_url']:.2f}x the per-clip source; {r['archive']['rows_agree_with_url']}")
+    st = res.get("startup")
+    if st:
+        log(f"\nstartup, measured alone: interpreter + imports of the CLI's modules {st['imports_s']:.2f}s, "
+            f"creating a fresh Dagster instance {st['fresh_instance_s']:.2f}s (process total {st['process_s']:.2f}s)")
+    big = res.get("big_clip")
+    if big:
+        log(f"big clip: {cfg['big_mib']} MiB in {big['wall_s']:.1f}s, peak RSS {big['peak_rss_mb']:.0f} MB "
+            f"(largest process {big['maxrss_mb']:.0f} MB, tree sampled {big['tree_peak_mb']:.0f} MB), rows {big['rows']}")
+    man = res.get("manifest")
+    if man:
+        for k, v in man.items():
+            log(f"manifest {k}: {v['rows']} rows, {v['slices']} slices, parse+slice median {v['median_s']:.3f}s (first {v['first_s']:.3f}s)")
+    log("\n== targets ==")
+    for t in res["targets"]:
+        log(f"{verdict(t['ok']):4s}  {t['target']:28s} {t['variant']:8s} want {t['want']}; got {t['got']}")
+
+
+def plot(res: dict, path: Path) -> str | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return "matplotlib is not installed (pip install -e '.[bench]'): plot skipped"
+    lat = res["latency"]
+    keys = list(lat)
+    series = [
+        ("seed", "seed: curl + ffprobe per clip, sequential", "#b0b0b0"),
+        ("project", "project as shipped (CLI + Dagster)", "#1f77b4"),
+        ("tuned", f"project, --concurrency {res['config']['tuned_concurrency']}, tuned instance", "#2ca02c"),
+        ("archive", "project, folder archives (--source archive)", "#7fb8e0"),
+    ]
+    series = [s for s in series if any(lat[k].get(s[0]) for k in keys)]
+    fig, axes = plt.subplots(1, 2, figsize=(14, 5.2), gridspec_kw={"width_ratios": [1, 1.4]})
+    ax = axes[0]
+    w = 0.8 / len(series)
+    for j, (name, label, color) in enumerate(series):
+        xs = [i - 0.4 + w * (j + 0.5) for i in range(len(keys))]
+        vals = [lat[k][name]["wall_s"] if lat[k].get(name) else 0 for k in keys]
+        ax.bar(xs, vals, w, label=label, color=color)
+        for x, k, v in zip(xs, keys, vals):
+            seed = lat[k].get("seed")
+            if v and seed and name != "seed":
+                ax.annotate(f"{seed['wall_s'] / v:.0f}x", (x, v), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(keys)), [f"{k} ms per request" for k in keys])
+    ax.set_ylabel("wall time, s (log scale; lower is better)")
+    ax.set_yscale("log")
+    ax.set_title(f"{res['config']['clips']} clips x {res['config']['clip_kb']} KB from loopback")
+    ax.legend(fontsize=7, loc="upper left")
+    ax = axes[1]
+    rows = [(k, v) for k in keys for v in ("project", "tuned") if lat[k].get(v)]
+    stages = list(lat[keys[0]]["project"]["stage_s"])
+    cmap = plt.get_cmap("tab20")
+    left = [0.0] * len(rows)
+    for j, stage in enumerate(stages):
+        vals = [lat[k][v]["stage_s"].get(stage, 0.0) for k, v in rows]
+        ax.barh(range(len(rows)), vals, left=left, label=stage, color=cmap(j % 20))
+        left = [a + b for a, b in zip(left, vals)]
+    ax.set_yticks(range(len(rows)), [f"{k} ms, {'default' if v == 'project' else 'tuned'}" for k, v in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("s: the project's CLI wall time by stage (median run)")
+    ax.set_title("where the project's time goes")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3)
+    notes = []
+    if res.get("big_clip"):
+        notes.append(f"peak RSS ingesting one {res['config']['big_mib']} MiB clip: {res['big_clip']['peak_rss_mb']:.0f} MB")
+    if res.get("manifest"):
+        notes.append("39k-row manifest parsed + sliced: " + ", ".join(f"{k} {v['median_s']:.2f}s" for k, v in res["manifest"].items()))
+    notes.append(f"{res['machine']['cpus']} CPUs, load average {res['load_avg_start'][0]:.1f}")
+    fig.text(0.01, 0.01, "; ".join(notes), fontsize=8)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return None
+
+
+# --------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    a = p.add_argument
+    a("--clips", type=int, default=500, help="clips in the corpus (default 500)")
+    a("--clip-kb", type=int, default=200, help="each clip padded to this size with a 'free' box (default 200; 0 = as encoded)")
+    a("--folders", type=int, default=1, help="LSVQ folders (slices) the clips are spread over (default 1)")
+    a("--latency-ms", type=int, nargs="+", default=[0, 100], help="per-request latencies to measure (default: 0 100)")
+    a("--concurrency", type=int, default=None, help="passed to the CLI as --concurrency (default: the project's default)")
+    a("--tuned-concurrency", type=int, default=64,
+      help="also run a tuned configuration: this --concurrency and an instance with consolidated event storage "
+      "and no compute-log capture (0 = skip; default 64)")
+    a("--repeat", type=int, default=3, help="project runs per latency; the median is reported (default 3)")
+    a("--big-mib", type=int, default=1024, help="size of the memory-case clip in MiB (0 = skip; default 1024)")
+    a("--manifest-rows", type=int, default=39000, help="rows of the generated manifest to parse (0 = skip)")
+    a("--no-baseline", action="store_true", help="skip the seed baseline (no ratios)")
+    a("--no-archive", action="store_true", help="skip the archive source")
+    a("--work", type=Path, default=REPO / ".bench", help="corpus cache and working directories (default .bench/)")
+    a("--results", type=Path, default=REPO / "benchmarks" / "results", help="where the JSON and PNG go")
+    a("--publish", action="store_true", help="also write docs/benchmark.png and benchmarks/published.json")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from lsvq_assets_tests.loopback import LoopbackServer
+
+    started = time.time()
+    work = args.work.absolute()
+    spec = CorpusSpec(clips=args.clips, clip_kb=args.clip_kb, folders=args.folders)
+    corpus = build_corpus(work / "corpus", spec, log)
+    hash_rate = hashlib_mb_s()
+    extra_conc = ["--concurrency", str(args.concurrency)] if args.concurrency else []
+    res: dict = {
+        "schema": "lsvq-bench-v1",
+        "when_utc": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "config": {
+            "clips": args.clips,
+            "clip_kb": args.clip_kb,
+            "folders": args.folders,
+            "corpus_mb": round(corpus.bytes / 1e6, 1),
+            "concurrency": args.concurrency,
+            "tuned_concurrency": args.tuned_concurrency,
+            "tuned_instance": TUNED_YAML if args.tuned_concurrency else None,
+            "repeat": args.repeat,
+            "big_mib": args.big_mib,
+            "manifest_rows": args.manifest_rows,
+        },
+        "hashlib_sha256_mb_s": round(hash_rate),
+        "load_avg_start": os.getloadavg(),
+        "latency": {},
+    }
+    tools_ok = True
+    if not args.no_baseline:
+        try:
+            seed_baseline.find_tools()
+        except seed_baseline.Missing as exc:
+            log(f"seed baseline skipped: {exc}")
+            res["baseline_skipped"] = str(exc)
+            tools_ok = False
+    arc_ok, arc_why = (False, "--no-archive") if args.no_archive else archive_available()
+    if not arc_ok:
+        log(f"archive source skipped: {arc_why}")
+        res["archive_skipped"] = f"skipped: {arc_why}"
+    archives = build_archives(corpus, work / "archives" / spec.key, log) if arc_ok else None
+
+    for ms in args.latency_ms:
+        entry: dict = {}
+        with LoopbackServer(corpus.root, latency_s=ms / 1000) as server:
+            tpl = server.base_url + "/{name}{suffix}"
+            if tools_ok and not args.no_baseline:
+                log(f"[{ms} ms] seed baseline: {len(corpus.names)} clips, one curl + one ffprobe each ...")
+                entry["seed"] = run_seed(corpus, server.base_url, work / "run" / "seed")
+                log(f"[{ms} ms] seed: {entry['seed']['wall_s']:.1f}s ({entry['seed']['clips_per_s']:.1f} clips/s)")
+            variants = {"project": (extra_conc, False)}
+            if args.tuned_concurrency:
+                variants["tuned"] = (["--concurrency", str(args.tuned_concurrency)], True)
+            for name, (extra, tuned) in variants.items():
+                runs = []
+                for i in range(args.repeat):
+                    r = run_project(corpus, work / "run" / name, ["--clip-url-template", tpl, *extra], hash_rate, tuned)
+                    log(f"[{ms} ms] {name} run {i + 1}/{args.repeat}: {r['wall_s']:.2f}s ({r['clips_per_s']:.0f} clips/s, "
+                        f"CPU {r['cpu_s']:.1f}s), Dagster {r['dagster_overhead_slice_s']:.2f}s = "
+                        f"{r['dagster_overhead_slice_pct']:.1f}% of the slice run, peak RSS {r['peak_rss_mb']:.0f} MB")
+                    runs.append(r)
+                entry[name] = median_run(runs)
+        if entry.get("seed"):
+            for name in ("project", "tuned"):
+                if name in entry:
+                    entry[name]["speedup"] = entry["seed"]["wall_s"] / entry[name]["wall_s"]
+                    ok, why = rows_agree(entry["seed"]["rows"], entry[name]["_rows"])
+                    entry[name]["rows_agree"] = why if ok else "MISMATCH: " + why
+            entry["speedup"] = entry["project"]["speedup"]
+        if archives is not None:
+            with LoopbackServer(archives, latency_s=ms / 1000) as server:
+                extra = ["--source", "archive", "--archive-url-template", server.base_url + "/{folder}.tar.gz", *extra_conc]
+                arcs = [run_project(corpus, work / "run" / "archive", extra, hash_rate) for _ in range(max(1, args.repeat // 2 + 1))]
+            arc = median_run(arcs)
+            ok, why = rows_agree(entry["project"]["_rows"], arc["_rows"])
+            arc["vs_url"] = arc["wall_s"] / entry["project"]["wall_s"]
+            arc["rows_agree_with_url"] = why if ok else "MISMATCH: " + why
+            log(f"[{ms} ms] archive source: {arc['wall_s']:.2f}s ({arc['vs_url']:.2f}x the per-clip source)")
+            entry["archive"] = arc
+        for part in ("seed", "project", "tuned", "archive"):
+            if part in entry:
+                entry[part].pop("_rows", None)
+                entry[part].pop("rows", None) if part == "seed" else None
+        res["latency"][str(ms)] = entry
+
+    res["startup"] = startup_costs(work / "run" / "startup")
+    if args.big_mib:
+        big = build_big_clip(work / "corpus", args.big_mib << 20, log)
+        with LoopbackServer(big.root) as server:
+            log(f"memory case: one {args.big_mib} MiB clip through the CLI ...")
+            r = run_project(big, work / "run" / "big", ["--clip-url-template", server.base_url + "/{name}{suffix}"], hash_rate)
+        r.pop("_rows", None)
+        res["big_clip"] = r
+        shutil.rmtree(work / "run" / "big", ignore_errors=True)  # 1 GiB
+    if args.manifest_rows:
+        res["manifest"] = manifest_parse(work / "manifest", args.manifest_rows)
+    res["load_avg_end"] = os.getloadavg()
+    res["targets"] = evaluate(res)
+    res["elapsed_s"] = time.time() - started
+    print_report(res)
+
+    args.results.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.results / f"{stamp}.json"
+    text = json.dumps(res, indent=2, sort_keys=True, default=str) + "\n"
+    out.write_text(text)
+    (args.results / "latest.json").write_text(text)
+    png = args.results / f"{stamp}.png"
+    why = plot(res, png)
+    log(f"\nresults -> {out}" + (f"\nplot -> {png}" if why is None else f"\n{why}"))
+    if args.publish:
+        (REPO / "benchmarks" / "published.json").write_text(text)
+        if why is None:
+            shutil.copyfile(png, REPO / "docs" / "benchmark.png")
+        log("published -> benchmarks/published.json" + (", docs/benchmark.png" if why is None else ""))
+    log(f"benchmark took {res['elapsed_s']:.0f}s")
+    return 0

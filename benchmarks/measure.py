@@ -1,0 +1,112 @@
+"""Running a command and measuring it: wall time and peak memory of its whole process tree.
+
+Peak memory is measured two ways, and the larger is reported:
+
+* ``os.wait4`` on the child returns its rusage, whose ``ru_maxrss`` is the high-water mark of
+  the largest single process in the tree (the child or any descendant it waited for) — exact,
+  but a per-process maximum;
+* a sampler thread sums ``VmRSS`` over the child and all its descendants (``/proc/<pid>/task/
+  */children``) every ``interval_s`` — the tree's total, but only as fine as the sampling.
+
+Linux only (``/proc``); elsewhere the sampler is skipped and only ``ru_maxrss`` is reported.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass
+class Measured:
+    returncode: int
+    wall_s: float
+    peak_rss_mb: float  # max(ru_maxrss, sampled tree peak)
+    maxrss_mb: float  # largest single process (wait4)
+    tree_peak_mb: float  # sampled sum over the tree
+    cpu_s: float  # user + system CPU time of the tree (wait4)
+    stdout: str
+    stderr: str
+    started_at: float  # time.time() just before the spawn
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            text = Path(f"/proc/{pid}/task/{tid}/children").read_text()
+        except OSError:
+            continue
+        out.extend(int(p) for p in text.split())
+    return out
+
+
+def _rss_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmRSS:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def tree_rss_kb(pid: int) -> int:
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        total += _rss_kb(p)
+        todo.extend(_children(p))
+    return total
+
+
+def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, interval_s: float = 0.02, timeout_s: float = 1800) -> Measured:
+    """Run ``cmd`` to completion, capturing its output, its wall time and its peak memory."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started_at = time.time()
+        t0 = time.monotonic()
+        proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        peak = [0]
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+                stop.wait(interval_s)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if os.path.isdir("/proc"):
+            sampler.start()
+        deadline = time.monotonic() + timeout_s
+        while True:  # os.wait4 gives the child's own rusage; poll it so a hung child can be killed
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.005)
+        wall = time.monotonic() - t0
+        stop.set()
+        if sampler.is_alive():
+            sampler.join()
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read().decode(errors="replace"), err.read().decode(errors="replace")
+    maxrss = usage.ru_maxrss / 1024  # KiB on Linux
+    tree = peak[0] / 1024
+    cpu = usage.ru_utime + usage.ru_stime
+    return Measured(proc.returncode, wall, max(maxrss, tree), maxrss, tree, cpu, stdout, stderr, started_at)

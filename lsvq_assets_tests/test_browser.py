@@ -1,0 +1,346 @@
+"""The Dagster UI in a real browser (Debian's Chromium driven by Playwright), on a real instance.
+
+Setup (once for the module): a generated corpus of four folders served from loopback, where
+
+* ``yfcc-batch1/725.mp4`` keeps answering 503, so slice ``yfcc-batch1`` FAILS;
+* ``ia-batch2/gone.mp4`` is a 404, so ``ia-batch2`` is materialised with a ``failed_clips`` table;
+* ``ugc-batch3`` is materialised cleanly;
+* ``kv-batch4`` is past the CLI's ``--max-rows``: registered afterwards with only its manifest
+  rows taken (``lsvq_manifest``), so ``lsvq_clips[kv-batch4]`` is MISSING.
+
+The operator CLI ingests it into ``$DAGSTER_HOME``, then ``dagster-webserver`` and ``dagster-daemon
+run`` serve that instance with the same ``LSVQ_*`` settings. The tests run in file order: the
+graph, the partitions, the failed-clips table, then a backfill of the failed and missing
+partitions launched from the Materialize dialog (the 503 cleared), which must complete.
+
+Screenshots of every step go to ``$LSVQ_BROWSER_SHOTS`` (created) or a temporary directory.
+docs/ui-*.png are copies of 01, 02 and 03 (refresh them by copying after a run).
+
+Run: ``make test-browser`` or ``pytest -m browser lsvq_assets_tests`` (deselected by default).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lsvq_assets_tests.clipgen import ClipSpec
+from lsvq_assets_tests.corpus import Corpus, CorpusClip, build_corpus
+from lsvq_assets_tests.harness import cli_args, run_cli
+from lsvq_assets_tests.loopback import LoopbackServer
+from lsvq_assets_tests.ui_stack import CHROMIUM, CHROMIUM_ARGS, DagsterUi, missing_browser, prepare_home
+
+_WHY_NOT = missing_browser()
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(_WHY_NOT is not None, reason=_WHY_NOT or "")]
+
+FAILING_CLIP = "yfcc-batch1/725.mp4"  # 503 until the backfill test clears it
+MISSING_CLIP = "ia-batch2/gone.mp4"  # 404: a permanent failure in the failed_clips table
+FAILED, WITH_404, CLEAN, MISSING = "yfcc-batch1", "ia-batch2", "ugc-batch3", "kv-batch4"
+SLICES = [FAILED, WITH_404, CLEAN, MISSING]
+CLIPS = [
+    CorpusClip("yfcc-batch1/725", 76.84375, "ok", ClipSpec(seed=11)),
+    CorpusClip("yfcc-batch1/St._Charles_Bridge", 52.5, "ok", ClipSpec(seed=12, width=48, height=64)),
+    CorpusClip("ia-batch2/alpha", 12.25, "ok", ClipSpec(seed=13)),
+    CorpusClip("ia-batch2/gone", 50.0, "missing"),
+    CorpusClip("ugc-batch3/sunset", 61.0, "ok", ClipSpec(seed=14)),
+    CorpusClip("kv-batch4/lake", 44.5, "ok", ClipSpec(seed=15)),  # row 6: past the CLI's --max-rows 5
+]
+ASSETS = ["lsvq_manifest_csv", "lsvq_manifest", "lsvq_clips", "lsvq_probes", "lsvq_shard_rows", "lsvq_shard"]
+SPINE = {  # the lineage every reader of the graph expects (the graph may have more edges)
+    ("lsvq_manifest_csv", "lsvq_manifest"),
+    ("lsvq_manifest", "lsvq_clips"),
+    ("lsvq_clips", "lsvq_probes"),
+    ("lsvq_probes", "lsvq_shard_rows"),
+    ("lsvq_shard_rows", "lsvq_shard"),
+}
+BACKFILL_TIMEOUT_S = 150
+
+
+# --------------------------------------------------------------------------- the stack
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = os.environ.get("LSVQ_BROWSER_SHOTS")
+    path = Path(where) if where else tmp_path_factory.mktemp("browser-shots")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@pytest.fixture(scope="module")
+def ui_corpus(tmp_path_factory: pytest.TempPathFactory, clip_factory, broken_factory) -> Corpus:
+    return build_corpus(tmp_path_factory.mktemp("ui-corpus"), clip_factory, broken_factory, CLIPS)
+
+
+@pytest.fixture(scope="module")
+def clip_server(ui_corpus: Corpus) -> Iterator[LoopbackServer]:
+    with LoopbackServer(ui_corpus.root) as server:
+        server.set_fault(FAILING_CLIP, "503", forever=True)
+        yield server
+
+
+@pytest.fixture(scope="module")
+def ui(tmp_path_factory: pytest.TempPathFactory, ui_corpus: Corpus, clip_server: LoopbackServer) -> Iterator[DagsterUi]:
+    base = tmp_path_factory.mktemp("lsvq-ui")
+    home, work = prepare_home(base / "dagster_home"), base / "work"
+    args = [a for a in cli_args(work, ui_corpus.csv, clip_server.base_url) if a != "--full"]
+    cli = run_cli([*args, "--max-rows", "5", "--concurrency", "2"], base / "logs", "cli", env={"DAGSTER_HOME": str(home)})
+    assert cli.proc.returncode == 1, cli.stderr  # a slice failed transiently
+    assert f"1 slice(s) failed transiently ({FAILED})" in cli.stderr, cli.stderr
+    settings = {
+        "LSVQ_DIR": str(work),
+        "LSVQ_MANIFEST_CSV": str(ui_corpus.csv),
+        "LSVQ_CLIP_URL_TEMPLATE": clip_server.base_url + "/{name}{suffix}",
+        "LSVQ_MIN_CSV_ROWS": "1",
+        "LSVQ_MAX_ROWS": "0",
+    }
+    _take_manifest_rows_only(home, settings, MISSING)
+    stack = DagsterUi(home, {"DAGSTER_HOME": str(home), **settings}, base / "logs")
+    try:
+        yield stack.start()
+    finally:
+        stack.stop()
+
+
+def _take_manifest_rows_only(home: Path, settings: dict, key: str) -> None:
+    """Register ``key`` and materialise only its lsvq_manifest (as a UI user selecting that asset would)."""
+    from lsvq_assets.assets.manifest import lsvq_manifest
+    from lsvq_assets.partitions import register_slices
+    from lsvq_assets.settings import LsvqSettings
+
+    lsvq = LsvqSettings(
+        lsvq_dir=settings["LSVQ_DIR"], manifest_csv=settings["LSVQ_MANIFEST_CSV"], min_csv_rows=1, max_rows=0
+    )
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        register_slices(instance, [key])
+        result = dg.materialize([lsvq_manifest], partition_key=key, instance=instance, resources={"lsvq": lsvq})
+        assert result.success
+
+
+@pytest.fixture(scope="module")
+def browser(ui: DagsterUi):  # after the stack: Playwright's event loop stays out of the setup runs
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(request: pytest.FixtureRequest, browser, ui: DagsterUi, shots: Path):
+    context = browser.new_context(viewport={"width": 1440, "height": 900}, base_url=ui.url)
+    # No "Join the Dagster community" modal, and the left navigation collapsed (more room for the page).
+    context.add_init_script(
+        "localStorage.setItem('communityNux', '\"1\"');"
+        "localStorage.setItem('dagster-nav-collapsed', 'true');"
+        "localStorage.setItem('large-screen-nav-open', 'false');"
+    )
+    pg = context.new_page()
+    pg.set_default_timeout(30_000)
+    failed_before = request.session.testsfailed
+    try:
+        yield pg
+        if request.session.testsfailed > failed_before:  # what the page showed when the test failed
+            pg.screenshot(path=str(shots / f"FAILED-{request.node.name}.png"), full_page=True)
+    finally:
+        context.close()
+
+
+def full_page_shot(page, path: Path) -> Path:
+    """A full-page PNG: the UI scrolls inside its own panes, so grow the viewport until nothing scrolls."""
+    extra = page.evaluate(
+        """() => {
+            let extra = 0;
+            for (const el of document.querySelectorAll('*')) {
+                const style = getComputedStyle(el);
+                if (/(auto|scroll)/.test(style.overflowY) && el.clientHeight > 100)
+                    extra = Math.max(extra, el.scrollHeight - el.clientHeight);
+            }
+            return Math.min(extra, 6000);
+        }"""
+    )
+    size = page.viewport_size
+    if extra > 0:
+        page.set_viewport_size({"width": size["width"], "height": size["height"] + extra})
+        page.wait_for_timeout(500)
+    page.screenshot(path=str(path), full_page=True)
+    if extra > 0:
+        page.set_viewport_size(size)
+    return path
+
+
+def partition_statuses(ui: DagsterUi, asset: str) -> dict[str, set[str]]:
+    """The partition statuses behind the UI's partition bar (GraphQL, as the page reads them)."""
+    data = ui.graphql(
+        """query($key: AssetKeyInput!) { assetNodeOrError(assetKey: $key) { ... on AssetNode {
+            assetPartitionStatuses { ... on DefaultPartitionStatuses {
+                materializedPartitions failedPartitions unmaterializedPartitions materializingPartitions } } } } }""",
+        {"key": {"path": [asset]}},
+    )
+    found = data["assetNodeOrError"]["assetPartitionStatuses"]
+    return {k.replace("Partitions", ""): set(v) for k, v in found.items()}
+
+
+# --------------------------------------------------------------------------- (a) the asset graph
+
+
+def test_asset_graph_shows_the_assets_and_their_edges(page, ui: DagsterUi, shots: Path) -> None:
+    page.set_viewport_size({"width": 1600, "height": 720})
+    page.goto("/asset-groups")  # "Global asset lineage"
+    page.get_by_text("Global asset lineage").first.wait_for()
+    graph = page.locator("svg[class*=svgContainer]")
+    graph.wait_for()
+    page.locator("[aria-label=panel_show_right]").click()  # hide the asset list: the graph gets the width
+    page.wait_for_function(
+        "n => document.querySelectorAll('svg[class*=svgContainer] foreignObject').length >= n", arg=len(ASSETS)
+    )
+    page.wait_for_timeout(1000)  # zoom-to-fit after the panel closed
+    drawn = graph.evaluate(
+        """svg => ({
+            nodes: Array.from(svg.querySelectorAll('foreignObject')).map(f => ({
+                label: (f.querySelector('[class*=assetName]') || f).textContent.trim(), x: +f.getAttribute('x'), y: +f.getAttribute('y'),
+                w: +f.getAttribute('width'), h: +f.getAttribute('height')})),
+            edges: Array.from(svg.querySelectorAll(':scope > path')).map(p => p.getAttribute('d')),
+        })"""
+    )
+    full_page_shot(page, shots / "01-asset-graph.png")
+
+    nodes = {n["label"]: n for n in drawn["nodes"]}
+    assert sorted(nodes) == sorted(ASSETS), drawn["nodes"]
+
+    def nearest(x: float, y: float, side: str) -> str:
+        def dist(n: dict) -> float:
+            nx = n["x"] + n["w"] if side == "right" else n["x"]
+            return abs(nx - x) + abs(n["y"] + n["h"] / 2 - y)
+
+        name = min(nodes, key=lambda k: dist(nodes[k]))
+        assert dist(nodes[name]) < 30, (x, y, side, drawn)
+        return name
+
+    edges = set()
+    for d in drawn["edges"]:
+        numbers = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", d)]
+        (x0, y0), (x1, y1) = numbers[:2], numbers[-2:]
+        edges.add((nearest(x0, y0, "right"), nearest(x1, y1, "left")))  # left to right: upstream -> downstream
+
+    nodes_api = ui.graphql("{ assetNodes { assetKey { path } dependencyKeys { path } } }")["assetNodes"]
+    api_edges = {("/".join(d["path"]), "/".join(n["assetKey"]["path"])) for n in nodes_api for d in n["dependencyKeys"]}
+    assert edges == api_edges, (edges, api_edges)
+    assert SPINE <= edges, edges
+
+
+# --------------------------------------------------------------------------- (b) the partitions
+
+
+def test_clips_partitions_show_failed_materialised_and_missing_slices(page, ui: DagsterUi, shots: Path) -> None:
+    page.goto("/assets/lsvq_clips?view=partitions")
+    for label in ("Failed (1)", "Materialized (2)", "Missing (1)"):
+        page.get_by_text(label, exact=True).wait_for()
+    seen = {}
+    for key in SLICES:  # select each partition and read the status the page gives it
+        page.locator(f'[title="{key}"]').first.click()
+        title = page.get_by_text(key, exact=True).last  # the detail pane's heading
+        title.wait_for()
+        print("HTML", title.locator("xpath=../..").evaluate("e => e.outerHTML"))
+        seen[key] = None
+        if key == FAILED:
+            full_page_shot(page, shots / "02-clips-partitions.png")
+    assert seen == {FAILED: "Failed", WITH_404: "Materialized", CLEAN: "Materialized", MISSING: "Missing"}, seen
+    statuses = partition_statuses(ui, "lsvq_clips")
+    assert statuses["failed"] == {FAILED} and statuses["materialized"] == {WITH_404, CLEAN}, statuses
+    assert statuses["unmaterialized"] == {MISSING}, statuses
+
+
+# --------------------------------------------------------------------------- (c) the failed-clips table
+
+
+def test_a_slice_materialisation_shows_its_failed_clips_table(page, shots: Path) -> None:
+    page.goto(f"/assets/lsvq_clips?view=events&partition={WITH_404}")
+    page.get_by_text(re.compile(f"Partition\\s+{WITH_404}\\s+materialized in run")).first.wait_for()
+    label = page.locator("td", has_text=re.compile("^failed_clips$")).first
+    label.wait_for()
+    value = label.locator("xpath=following-sibling::td[1]")
+    table = value.locator("table")
+    table.wait_for()
+    rows = table.evaluate("t => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.innerText.trim()))")
+    assert rows[0] == ["src", "reason", "http_status", "attempts"], rows
+    assert rows[1:] == [[MISSING_CLIP, "http-404", "404", "1"]], rows
+    label.scroll_into_view_if_needed()
+    full_page_shot(page, shots / "03-failed-clips.png")
+
+
+# --------------------------------------------------------------------------- (d) the backfill
+
+
+def test_backfill_of_failed_and_missing_partitions_from_the_dialog_completes(
+    page, ui: DagsterUi, clip_server: LoopbackServer, shots: Path
+) -> None:
+    clip_server.clear_faults()
+    clip_server.reset_log()
+    page.goto("/assets/lsvq_clips?view=partitions")
+    page.get_by_text("Failed (1)", exact=True).wait_for()
+    page.get_by_role("button", name=re.compile("^Materialize")).first.click()
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("Launch runs to materialize lsvq_clips").wait_for()
+    dialog.get_by_role("button", name="Failed and missing", exact=True).click()
+    dialog.get_by_text("2 partitions", exact=True).wait_for()
+    for key in (FAILED, MISSING):
+        dialog.get_by_text(key, exact=True).first.wait_for()
+    for key in (WITH_404, CLEAN):
+        assert dialog.get_by_text(key, exact=True).count() == 0
+    full_page_shot(page, shots / "04-backfill-dialog.png")
+    launched_at = time.time()
+    dialog.get_by_role("button", name="Launch backfill").click()
+    dialog.wait_for(state="hidden")
+
+    backfill = ui.wait_until(lambda: _latest_backfill(ui, launched_at), 30, "the backfill to be created")
+    assert sorted(backfill["partitionNames"]) == sorted([FAILED, MISSING]), backfill
+    assert [k["path"] for k in backfill["assetSelection"]] == [["lsvq_clips"]], backfill
+
+    page.goto(f"/runs/b/{backfill['id']}")
+    done = ui.wait_until(
+        lambda: (b := _backfill(ui, backfill["id"]))["status"] not in ("REQUESTED", "CANCELING", "FAILING") and b,
+        BACKFILL_TIMEOUT_S, f"backfill {backfill['id']} to finish",
+    )
+    page.reload()
+    page.get_by_text(backfill["id"]).first.wait_for()
+    page.wait_for_timeout(1500)
+    full_page_shot(page, shots / "05-backfill-done.png")
+    assert done["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), done
+    assert {r["status"] for r in done["runs"]} == {"SUCCESS"}, done["runs"]
+
+    statuses = partition_statuses(ui, "lsvq_clips")
+    assert statuses["materialized"] == set(SLICES) and not statuses["failed"] and not statuses["unmaterialized"], statuses
+    page.goto("/assets/lsvq_clips?view=partitions")
+    for label in ("Materialized (4)", "Failed (0)", "Missing (0)"):
+        page.get_by_text(label, exact=True).wait_for()
+    full_page_shot(page, shots / "06-clips-partitions-after-backfill.png")
+    # The backfill fetched only what was not on disk yet: the clip that had been answering 503 and
+    # the missing slice's clip; the 404 was not retried, the done clips were not fetched again.
+    assert {r.path for r in clip_server.requests} == {FAILING_CLIP, "kv-batch4/lake.mp4"}
+
+
+_BACKFILL_FIELDS = "id status timestamp partitionNames assetSelection { path } runs { runId status }"
+
+
+def _latest_backfill(ui: DagsterUi, since: float) -> dict | None:
+    data = ui.graphql(f"{{ partitionBackfillsOrError(limit: 1) {{ ... on PartitionBackfills {{ results {{ {_BACKFILL_FIELDS} }} }} }} }}")
+    results = data["partitionBackfillsOrError"].get("results") or []
+    return results[0] if results and results[0]["timestamp"] >= since - 5 else None
+
+
+def _backfill(ui: DagsterUi, backfill_id: str) -> dict:
+    data = ui.graphql(
+        f"query($id: String!) {{ partitionBackfillOrError(backfillId: $id) {{ ... on PartitionBackfill {{ {_BACKFILL_FIELDS} }} }} }}",
+        {"id": backfill_id},
+    )
+    return data["partitionBackfillOrError"]
