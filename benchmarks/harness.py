@@ -53,8 +53,30 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
+MAX_LOAD: float | None = None  # --max-load
+MAX_LOAD_WAIT_S = 300.0
+
+
+def settle() -> float:
+    """With --max-load: wait (up to MAX_LOAD_WAIT_S) for the 1-minute load average to drop under it.
+
+    On a shared machine other work inflates every wall time measured here; the load average at
+    the start of each measured run is recorded either way. Returns it.
+    """
+    load = os.getloadavg()[0]
+    if MAX_LOAD is None or load < MAX_LOAD:
+        return load
+    deadline = time.monotonic() + MAX_LOAD_WAIT_S
+    log(f"   (load average {load:.1f} >= --max-load {MAX_LOAD:g}: waiting up to {MAX_LOAD_WAIT_S:.0f}s)")
+    while load >= MAX_LOAD and time.monotonic() < deadline:
+        time.sleep(2)
+        load = os.getloadavg()[0]
+    return load
+
+
 def clean_env(dagster_home: Path) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_"))}
+    # PYTHONDONTWRITEBYTECODE off: the CLI's modules are compiled once, as an installed package's are.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_", "PYTHONDONTWRITEBYTECODE"))}
     env["DAGSTER_HOME"] = str(dagster_home)
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -98,6 +120,7 @@ def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
         "--url-template", base_url + "/{name}{suffix}",
         "--max-rows", "0",
     ]  # fmt: skip
+    load = settle()
     m = run_measured(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     if m.returncode != 0:
         raise RuntimeError(f"seed baseline failed ({m.returncode}): {m.stderr[-2000:]}")
@@ -110,6 +133,7 @@ def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
         "summary": m.stdout.strip().splitlines()[0],
         "clips_per_s": len(corpus.names) / m.wall_s,
         "rows": _rows(work / "lsvq.jsonl"),
+        "load_avg": load,
     }
 
 
@@ -138,6 +162,7 @@ def run_project(corpus: Corpus, work: Path, extra: list[str], hash_mb_s: float, 
         shutil.rmtree(work)
     work.mkdir(parents=True)
     home = fresh_home(work, tuned)
+    load = settle()
     m = run_measured(cli_cmd(corpus, work, extra), env=clean_env(home), cwd=work)
     if m.returncode != 0:
         raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stdout[-1500:]}\n{m.stderr[-3000:]}")
@@ -213,6 +238,7 @@ def run_project(corpus: Corpus, work: Path, extra: list[str], hash_mb_s: float, 
         "dagster_around_slice_runs_s": slices_exec - slice_wall,
         "dagster_overhead_slice_incl_around_pct": 100 * (slices_exec - slice_body) / slices_exec if slices_exec else 0.0,
         "cpu_s": m.cpu_s,
+        "load_avg": load,
         "probed_ahead": meta("lsvq_clips", "probed_ahead", slice_runs),
         "bytes_fetched": bytes_fetched,
         "rows": len(rows),
@@ -516,12 +542,16 @@ def build_parser() -> argparse.ArgumentParser:
     a("--no-archive", action="store_true", help="skip the archive source")
     a("--work", type=Path, default=REPO / ".bench", help="corpus cache and working directories (default .bench/)")
     a("--results", type=Path, default=REPO / "benchmarks" / "results", help="where the JSON and PNG go")
+    a("--max-load", type=float, default=None,
+      help="before each measured run, wait (up to 5 min) for the 1-minute load average to drop under this (shared machines)")
     a("--publish", action="store_true", help="also write docs/benchmark.png and benchmarks/published.json")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    global MAX_LOAD
+    MAX_LOAD = args.max_load
     from lsvq_assets_tests.loopback import LoopbackServer
 
     started = time.time()
@@ -581,7 +611,7 @@ def main(argv: list[str] | None = None) -> int:
                     r = run_project(corpus, work / "run" / name, ["--clip-url-template", tpl, *extra], hash_rate, tuned)
                     log(f"[{ms} ms] {name} run {i + 1}/{args.repeat}: {r['wall_s']:.2f}s ({r['clips_per_s']:.0f} clips/s, "
                         f"CPU {r['cpu_s']:.1f}s), Dagster {r['dagster_overhead_slice_s']:.2f}s = "
-                        f"{r['dagster_overhead_slice_pct']:.1f}% of the slice run, peak RSS {r['peak_rss_mb']:.0f} MB")
+                        f"{r['dagster_overhead_slice_pct']:.1f}% of the slice run, peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_avg']:.1f}")
                     runs.append(r)
                 entry[name] = median_run(runs)
         if entry.get("seed"):

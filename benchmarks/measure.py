@@ -5,8 +5,10 @@ Peak memory is measured two ways, and the larger is reported:
 * ``os.wait4`` on the child returns its rusage, whose ``ru_maxrss`` is the high-water mark of
   the largest single process in the tree (the child or any descendant it waited for) — exact,
   but a per-process maximum;
-* a sampler thread sums ``VmRSS`` over the child and all its descendants (``/proc/<pid>/task/
-  */children``) every ``interval_s`` — the tree's total, but only as fine as the sampling.
+* a sampler thread sums the proportional set size (``Pss`` in ``/proc/<pid>/smaps_rollup``,
+  else ``VmRSS``) over the child and all its descendants (``/proc/<pid>/task/*/children``) every
+  ``interval_s`` — the tree's total, but only as fine as the sampling. PSS, not RSS: a child
+  between fork and exec (or sharing libraries) would otherwise count the parent's pages twice.
 
 Linux only (``/proc``); elsewhere the sampler is skipped and only ``ru_maxrss`` is reported.
 """
@@ -28,7 +30,7 @@ class Measured:
     wall_s: float
     peak_rss_mb: float  # max(ru_maxrss, sampled tree peak)
     maxrss_mb: float  # largest single process (wait4)
-    tree_peak_mb: float  # sampled sum over the tree
+    tree_peak_mb: float  # sampled sum of PSS over the tree
     cpu_s: float  # user + system CPU time of the tree (wait4)
     stdout: str
     stderr: str
@@ -51,13 +53,14 @@ def _children(pid: int) -> list[int]:
 
 
 def _rss_kb(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmRSS:"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        pass
+    for path, key in ((f"/proc/{pid}/smaps_rollup", b"Pss:"), (f"/proc/{pid}/status", b"VmRSS:")):
+        try:
+            with open(path, "rb") as fh:
+                for line in fh:
+                    if line.startswith(key):
+                        return int(line.split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
     return 0
 
 
@@ -73,7 +76,7 @@ def tree_rss_kb(pid: int) -> int:
     return total
 
 
-def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, interval_s: float = 0.02, timeout_s: float = 1800) -> Measured:
+def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, interval_s: float = 0.05, timeout_s: float = 1800) -> Measured:
     """Run ``cmd`` to completion, capturing its output, its wall time and its peak memory."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started_at = time.time()

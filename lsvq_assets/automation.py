@@ -3,9 +3,10 @@ and the automation-condition sensor that re-assembles the shard after slices cha
 
 The sensor (``sensors.py``) and the schedule (``schedules.py``) launch downloads, so both start
 stopped. ``lsvq_automation_sensor`` starts running: it only evaluates the automation conditions of
-``lsvq_probes``, ``lsvq_shard_rows`` (eager: local work after a run that materialised ``lsvq_clips``
-alone) and ``lsvq_shard`` (once the slices settle), which never fetch anything, so with the daemon
-up nobody has to remember to re-assemble the shard.
+``lsvq_probes`` and ``lsvq_shard_rows`` (finish a slice whose ``lsvq_clips`` was materialised alone,
+e.g. by a backfill of its failed partitions) and ``lsvq_shard`` (re-assemble once slice runs have
+settled). None of them fetches anything, so it is safe to leave running, and with the daemon up
+nobody has to remember to re-assemble the shard.
 """
 
 from __future__ import annotations
@@ -24,16 +25,16 @@ MANIFEST_CSV_KEY = dg.AssetKey("lsvq_manifest_csv")
 MANIFEST_KEY = dg.AssetKey("lsvq_manifest")
 SHARD_ROWS_KEY = dg.AssetKey("lsvq_shard_rows")
 SHARD_KEY = dg.AssetKey("lsvq_shard")
+SLICE_KEYS = [MANIFEST_KEY, dg.AssetKey("lsvq_clips"), dg.AssetKey("lsvq_probes"), SHARD_ROWS_KEY]
 SLICE_JOB = "lsvq_slice_job"
-SHARD_JOB = "lsvq_shard_job"
 DATA_VERSION_TAG = "dagster/data_version"  # what Dagster reads as an event's data version
 
 
 class AutomationSettings(dg.ConfigurableResource):
     """How much one sensor or schedule tick may launch (the rest waits for the next tick)."""
 
-    max_runs_per_tick: int = Field(default=25, ge=1, description="Slice runs one lsvq_manifest_sensor tick requests at most (LSVQ_MAX_RUNS_PER_TICK).")
-    max_scheduled_runs: int = Field(default=100, ge=1, description="Slice runs one lsvq_refresh_schedule tick requests at most (LSVQ_MAX_SCHEDULED_RUNS).")
+    max_runs_per_tick: int = Field(default=25, description="Slice runs one lsvq_manifest_sensor tick requests at most, 1 or more (LSVQ_MAX_RUNS_PER_TICK).")
+    max_scheduled_runs: int = Field(default=100, description="Slice runs one lsvq_refresh_schedule tick requests at most, 1 or more (LSVQ_MAX_SCHEDULED_RUNS).")
 
 
 AUTOMATION_ENV_VARS = {"max_runs_per_tick": "LSVQ_MAX_RUNS_PER_TICK", "max_scheduled_runs": "LSVQ_MAX_SCHEDULED_RUNS"}
@@ -76,7 +77,8 @@ def read_state(lsvq: LsvqSettings) -> ManifestState:
 def manifest_observations(state: ManifestState, keys: Iterable[str], whole_file: bool) -> list[dg.AssetObservation]:
     """Observations of ``lsvq_manifest_csv``: one per slice in ``keys`` (data version = its
     fingerprint, so a changed row makes exactly its slice stale) and, with ``whole_file``, one for
-    the file (data version = its sha256; the latest one, so the asset shows the file's version)."""
+    the file (data version = its sha256; reported last, so the asset's page shows the file's
+    sha256, path and size, and a run's provenance points after every slice's observation)."""
     events = [
         dg.AssetObservation(
             asset_key=MANIFEST_CSV_KEY,

@@ -8,6 +8,7 @@ from lsvq_assets.automation import (
     MANIFEST_KEY,
     SHARD_KEY,
     SHARD_ROWS_KEY,
+    SLICE_KEYS,
     SLICE_JOB,
     AutomationSettings,
     ManifestState,
@@ -29,19 +30,20 @@ def refresh_plan(instance: dg.DagsterInstance, state: ManifestState) -> dict[str
     """Slice -> why it needs a run, in manifest order.
 
     ``missing``: its ``lsvq_shard_rows`` partition was never materialised; ``failed``: the latest run
-    planned for it failed; ``stale``: its rows' fingerprint differs from the data version of its
-    latest ``lsvq_manifest`` materialisation. Slices with a run queued or in progress are left alone.
+    planned for one of its assets failed (a slice run, or a backfill of ``lsvq_clips`` alone);
+    ``stale``: its rows' fingerprint differs from the data version of its latest ``lsvq_manifest``
+    materialisation. Slices with a run queued or in progress are left alone.
     """
     keys = list(state.fingerprints)
-    status = instance.get_status_by_partition(SHARD_ROWS_KEY, keys, slices_partitions) or {}
+    status = {key: instance.get_status_by_partition(key, keys, slices_partitions) or {} for key in SLICE_KEYS}
     plan: dict[str, str] = {}
     for key in keys:
-        s = status.get(key)
-        if s == dg.AssetPartitionStatus.IN_PROGRESS:
+        found = {status[asset].get(key) for asset in SLICE_KEYS}
+        if dg.AssetPartitionStatus.IN_PROGRESS in found:
             continue
-        if s is None:
+        if status[SHARD_ROWS_KEY].get(key) is None:
             plan[key] = "missing"
-        elif s == dg.AssetPartitionStatus.FAILED:
+        elif dg.AssetPartitionStatus.FAILED in found:
             plan[key] = "failed"
         elif latest_data_version(instance, MANIFEST_KEY, key) != state.fingerprints[key]:
             plan[key] = "stale"
@@ -83,7 +85,7 @@ def lsvq_refresh_schedule(
     if not plan:
         shard = " (lsvq_shard is older than the newest slice rows: lsvq_automation_sensor re-assembles it, or run lsvq_shard_job)" if _shard_behind(instance) else ""
         return dg.SkipReason(f"all {len(state.fingerprints)} slices of {state.path} are materialised and current{shard}")
-    launch = list(plan)[: lsvq_automation.max_scheduled_runs]
+    launch = list(plan)[: max(1, lsvq_automation.max_scheduled_runs)]
     # Record what the runs will read, so their lineage points at this version of the file.
     for event in manifest_observations(state, launch, whole_file=True):
         instance.report_runless_asset_event(event)

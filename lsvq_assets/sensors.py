@@ -99,7 +99,7 @@ def lsvq_manifest_sensor(
         state = read_state(lsvq)
     except UserError as exc:
         return dg.SkipReason(f"manifest not usable, nothing requested: {exc}")
-    observe, launch, later = plan_tick(cursor, state, lsvq_automation.max_runs_per_tick)
+    observe, launch, later = plan_tick(cursor, state, max(1, lsvq_automation.max_runs_per_tick))
     events = manifest_observations(state, observe, whole_file=state.sha256 != cursor.sha256)
     new_cursor = cursor.after(state, slicing_basis(lsvq), launch).dumps()
     if not launch:

@@ -19,7 +19,7 @@ from dagster._time import get_current_datetime
 
 from lsvq_assets.assets.clips import SOURCE_POOL
 from lsvq_assets.automation import MANIFEST_CSV_KEY, AutomationSettings, read_state
-from lsvq_assets.definitions import SLICE_ASSETS, build_resources, defs, lsvq_shard
+from lsvq_assets.definitions import SLICE_ASSETS, build_defs, build_resources, defs, lsvq_shard
 from lsvq_assets.partitions import SLICES_PARTITIONS_NAME, register_slices
 from lsvq_assets.schedules import lsvq_refresh_schedule
 from lsvq_assets.sensors import ManifestCursor, lsvq_manifest_sensor
@@ -158,6 +158,19 @@ def test_sensor_caps_runs_per_tick_and_remembers_only_what_it_requested(tmp_path
         assert len(first.cursor) < 400
 
 
+def test_settings_and_cap_come_from_lsvq_variables(tmp_path: Path, monkeypatch) -> None:
+    """As deployed: the webserver and the daemon get LSVQ_* variables, the resources bind them."""
+    csv = write_csv(tmp_path / "m.csv", ROWS)
+    for var, value in {"LSVQ_DIR": tmp_path / "lsvq", "LSVQ_MANIFEST_CSV": csv, "LSVQ_MIN_CSV_ROWS": 1, "LSVQ_MAX_ROWS": 0, "LSVQ_MAX_RUNS_PER_TICK": 2}.items():
+        monkeypatch.setenv(var, str(value))
+    deployed = build_defs()
+    with dg.instance_for_test() as instance:
+        context = dg.build_sensor_context(
+            instance=instance, instance_ref=instance.get_ref(), definitions=deployed, resources=deployed.resources
+        )
+        assert requested(lsvq_manifest_sensor.evaluate_tick(context)) == KEYS[:2]
+
+
 @pytest.mark.parametrize(
     "problem, expected",
     [("missing", "not found"), ("no-mos", "no mos column"), ("too-few", "--min-csv-rows")],
@@ -201,9 +214,16 @@ def test_schedule_requests_missing_then_stale_slices(tmp_path: Path) -> None:
         assert requested(current) == [] and "current" in current.skip_message
         assert "lsvq_shard is older" in current.skip_message
 
-        write_csv(csv, [ROWS[0], ("yfcc-batch1/2", 61.0), *ROWS[2:]])
-        stale = schedule_tick(instance, lsvq)
-        assert requested(stale) == ["yfcc-batch1"] and stale.run_requests[0].tags["lsvq/reason"] == "stale"
+        # A backfill of lsvq_clips alone failed for "backup"; a run of "ia-batch2" is in progress.
+        job = defs.resolve_job_def("lsvq_slice_job")
+        failed = instance.create_run_for_job(
+            job, asset_selection=frozenset({dg.AssetKey("lsvq_clips")}), tags={"dagster/partition": "backup"}, status=dg.DagsterRunStatus.STARTED
+        )
+        instance.report_run_failed(failed)
+        instance.create_run_for_job(job, tags={"dagster/partition": "ia-batch2"}, status=dg.DagsterRunStatus.STARTED)
+        write_csv(csv, [ROWS[0], ("yfcc-batch1/2", 61.0), ("ia-batch2/1", 71.0), *ROWS[3:]])  # both stale
+        stale = schedule_tick(instance, lsvq)  # ia-batch2 waits for its run to end
+        assert {r.partition_key: r.tags["lsvq/reason"] for r in stale.run_requests} == {"yfcc-batch1": "stale", "backup": "failed"}
 
 
 # --- the shard's automation -----------------------------------------------------------------------

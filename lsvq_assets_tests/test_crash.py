@@ -107,7 +107,7 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_shard(
         def kill_when(name: str, moment, what: str, may_finish: bool = False) -> None:
             cli = start_cli(args, logs, name, env)
             try:
-                landed.append(str(wait_for(moment, 90, what, cli)))
+                landed.append(f"{wait_for(moment, 90, what, cli)} after {time.monotonic() - cli.started:.1f}s")
             except AssertionError:
                 if not (may_finish and cli.proc.poll() == 0):
                     raise

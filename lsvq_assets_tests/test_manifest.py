@@ -435,8 +435,8 @@ def test_not_utf8_names_the_line(tmp_path: Path) -> None:
 
 def test_not_utf8_on_first_line(tmp_path: Path) -> None:
     path = tmp_path / "m.csv"
-    path.write_bytes(b"\xff\xfen\x00a\x00m\x00e\x00")  # UTF-16: NUL bytes, so "not a text file"
-    assert "not a text file" in _error(path)
+    path.write_bytes(b"\xff\xfen\x00a\x00m\x00e\x00")  # UTF-16 (its BOM): said so, with the fix
+    assert "UTF-16" in _error(path) and "save the manifest as UTF-8" in _error(path)
     path.write_bytes(b"nam\xe9,mos\n")
     assert "line 1" in _error(path)
 

@@ -70,24 +70,27 @@ def prepare_home(home: Path) -> Path:
     return home
 
 
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (from /proc), deepest first."""
-    children: dict[int, list[int]] = {}
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, start time) of a live process, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[19])
+
+
+def _descendants(pid: int) -> list[tuple[int, int]]:
+    """Every process below ``pid`` as (pid, start time), deepest first."""
+    children: dict[int, list[tuple[int, int]]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(entry.name))
-    out: list[int] = []
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))):
+            children.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    out: list[tuple[int, int]] = []
 
     def walk(p: int) -> None:
-        for c in children.get(p, []):
-            walk(c)
-            out.append(c)
+        for child in children.get(p, []):
+            walk(child[0])
+            out.append(child)
 
     walk(pid)
     return out
@@ -111,27 +114,27 @@ class Service:
             return ""
 
     def stop(self) -> None:
-        """SIGTERM its process group and every descendant that left it (code servers, runs), then SIGKILL."""
-        pids = [self.proc.pid, *_descendants(self.proc.pid)]
+        """SIGTERM its process group, then SIGKILL the group and every process it had started
+        (code servers and run workers, collected by id before the signal; some leave the group)."""
+        pids = _descendants(self.proc.pid)
         if self.alive():
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
                 self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
+            except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
-        for pid in pids:  # our own children only (collected before the signal), by id
-            for sig in (signal.SIGKILL,):
-                try:
-                    os.killpg(pid, sig) if pid == self.proc.pid else os.kill(pid, sig)
-                except (ProcessLookupError, PermissionError):
-                    pass
         try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:  # pragma: no cover
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
             pass
+        for pid, started in pids:
+            stat = _proc_stat(pid)
+            if stat and stat[1] == started:  # still that same process (not a reused pid)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.proc.wait(timeout=15)
 
 
 @dataclass
