@@ -189,8 +189,8 @@ def _run_locked(config: dict, manifest: Manifest, slices: dict[str, list[Manifes
     if meta and meta.get("attrition_pct", 0) / 100 > threshold:
         log.warning(
             "attrition %.2f%% (%d of %d rows failed to download) is above --attrition-warn-threshold %.2f; "
-            "failures are recorded in %s (and %s)",
-            meta["attrition_pct"], meta["skipped_download"], rows, threshold, layout.store_path, layout.progress_path,
+            "the failures are recorded in %s and in each slice's lsvq_clips failed_clips table",
+            meta["attrition_pct"], meta["skipped_download"], rows, threshold, layout.store_path,
         )
     print(f"replay manifest -> {layout.manifest_out}")
     print(f"open the UI on this instance: {ui_command(instance, config)}")

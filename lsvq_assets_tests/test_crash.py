@@ -39,7 +39,6 @@ from lsvq_assets_tests.harness import (
     run_cli,
     shard_rows,
     start_cli,
-    store_records,
     temp_files,
     wait_for,
     without_timestamps,

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from lsvq_assets.core.errors import UserError
+
 STORE_NAME = "clip-state.sqlite3"
 
 
@@ -29,6 +31,8 @@ class Layout:
         manifest_out: str = "",
     ) -> "Layout":
         """Apply the seed's defaults: every path empty here falls back to one under ``lsvq_dir``."""
+        if not clips_subdir or Path(clips_subdir).is_absolute() or ".." in Path(clips_subdir).parts:
+            raise UserError(f"--clips-subdir {clips_subdir!r} must be a relative directory inside --lsvq-dir (default: clips).")
         base = Path(lsvq_dir).expanduser().absolute()
         out = Path(output).expanduser().absolute() if output else base / "lsvq.jsonl"
         if manifest_out:
