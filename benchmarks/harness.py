@@ -343,12 +343,13 @@ def manifest_parse(work: Path, rows: int, repeat: int = 3) -> dict:
 
 def archive_available() -> tuple[bool, str]:
     try:
-        from lsvq_assets.resources import ClipSourceResource
+        from lsvq_assets.cli import build_parser as cli_parser
         from lsvq_assets.sources.archive import ArchiveClipSource  # noqa: F401
     except ImportError as exc:
         return False, f"sources/archive.py not importable ({exc})"
-    if "archive" not in str(ClipSourceResource.model_fields["source"].annotation):
-        return False, "ClipSourceResource has no archive source"
+    source = next((a for a in cli_parser()._actions if "--source" in a.option_strings), None)
+    if source is None or "archive" not in (source.choices or ()):
+        return False, "the CLI has no --source archive"
     return True, ""
 
 

@@ -42,14 +42,16 @@ def settings(tmp_path: Path, csv: Path, min_csv_rows: int = 1) -> LsvqSettings:
 
 def sensor_tick(instance: dg.DagsterInstance, lsvq: LsvqSettings, cursor: str | None, cap: int = 25):
     """Evaluate one tick, then record its observations and register its slices, as the daemon does."""
-    context = dg.build_sensor_context(
+    # As context managers: a context that opens an instance from instance_ref must close it, or
+    # Dagster's current defs-state storage keeps pointing at a disposed instance.
+    with dg.build_sensor_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         cursor=cursor,
         definitions=defs,
         resources={"lsvq": lsvq, "lsvq_automation": AutomationSettings(max_runs_per_tick=cap)},
-    )
-    data = lsvq_manifest_sensor.evaluate_tick(context)
+    ) as context:
+        data = lsvq_manifest_sensor.evaluate_tick(context)
     for event in data.asset_events:
         instance.report_runless_asset_event(event)
     for request in data.dynamic_partitions_requests or []:
@@ -58,13 +60,13 @@ def sensor_tick(instance: dg.DagsterInstance, lsvq: LsvqSettings, cursor: str | 
 
 
 def schedule_tick(instance: dg.DagsterInstance, lsvq: LsvqSettings, cap: int = 100):
-    context = dg.build_schedule_context(
+    with dg.build_schedule_context(
         instance=instance,
         instance_ref=instance.get_ref(),
         repository_def=defs.get_repository_def(),
         resources={"lsvq": lsvq, "lsvq_automation": AutomationSettings(max_scheduled_runs=cap)},
-    )
-    return lsvq_refresh_schedule.evaluate_tick(context)
+    ) as context:
+        return lsvq_refresh_schedule.evaluate_tick(context)
 
 
 def requested(data) -> list[str]:

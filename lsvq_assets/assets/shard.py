@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 
 import lsvq_assets
-from lsvq_assets.assets.clips import CLIPS_FILE
+from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
 from lsvq_assets.assets.manifest import MANIFEST_FILE, lsvq_manifest
 from lsvq_assets.assets.meta import GROUP, OWNERS, md_table
 from lsvq_assets.assets.probes import PROBES_FILE, lsvq_probes
@@ -55,14 +55,17 @@ def slice_lines(layout, key: str, corpus_version: str) -> list[str]:
 # Local work, like lsvq_probes: follows a run that materialised lsvq_probes without it. Not an
 # update of lsvq_manifest alone: a slice run that failed at lsvq_clips has re-written it, and
 # rebuilding the rows from the old clips then would hide the failed partition.
+# Rows follow their slice's probes only: a run that re-wrote lsvq_manifest and then failed at
+# lsvq_clips must not rebuild rows from the old clips (that would hide the failed partition).
 ROWS_AUTOMATION = dg.AutomationCondition.eager().replace(
-    "any_deps_updated", dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets("lsvq_manifest"))
+    "any_deps_updated",
+    dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets("lsvq_manifest", "lsvq_clips")),
 )
 
 
 @dg.asset(
     partitions_def=slices_partitions,
-    deps=[lsvq_manifest, lsvq_probes],
+    deps=[lsvq_manifest, lsvq_clips, lsvq_probes],
     group_name=GROUP,
     kinds={"python", "json"},
     owners=OWNERS,
