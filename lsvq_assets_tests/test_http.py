@@ -26,7 +26,7 @@ from lsvq_assets.sources.http import (
     CHUNK_SIZE,
     FetchResult,
     HttpFetcher,
-    _parse_retry_after,
+    parse_retry_after,
     check_url,
     sha256_file,
 )
@@ -122,13 +122,13 @@ def test_sha256_file(tmp_path: Path) -> None:
 
 def test_parse_retry_after() -> None:
     now = 1_700_000_000.0
-    assert _parse_retry_after("7", now) == 7.0
-    assert _parse_retry_after(" 2 ", now) == 2.0
-    assert _parse_retry_after(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
-    assert _parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
-    assert _parse_retry_after("soon", now) is None
-    assert _parse_retry_after("", now) is None
-    assert _parse_retry_after(None, now) is None
+    assert parse_retry_after("7", now) == 7.0
+    assert parse_retry_after(" 2 ", now) == 2.0
+    assert parse_retry_after(formatdate(now + 30, usegmt=True), now) == pytest.approx(30.0)
+    assert parse_retry_after(formatdate(now - 30, usegmt=True), now) == 0.0
+    assert parse_retry_after("soon", now) is None
+    assert parse_retry_after("", now) is None
+    assert parse_retry_after(None, now) is None
 
 
 # --------------------------------------------------------------------------- success paths

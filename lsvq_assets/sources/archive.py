@@ -43,7 +43,6 @@ import contextlib
 import hashlib
 import logging
 import os
-import random
 import re
 import tarfile
 import tempfile
@@ -65,20 +64,20 @@ from lsvq_assets.core.urls import check_url
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
 
 # The HTTP rules are http.py's: same errors, same classification, same redirect checks.
-from lsvq_assets.sources.http import (  # noqa: I001 - private helpers, see the module docstring
+from lsvq_assets.sources.http import (
     CHUNK_SIZE,
+    NETWORK_ERRORS,
+    REDIRECT_STATUSES,
+    RETRY_AFTER_STATUSES,
+    TRANSIENT_4XX,
+    FetchFailure,
     HttpFetcher,
-    _NETWORK_ERRORS as NETWORK_ERRORS,
-    _REDIRECT_STATUSES as REDIRECT_STATUSES,
-    _RETRY_AFTER_STATUSES as RETRY_AFTER_STATUSES,
-    _TRANSIENT_4XX as TRANSIENT_4XX,
-    _Failure as Failure,
-    _classify_network_error as classify_network_error,
-    _disk_failure as disk_failure,
-    _fix_location as fix_location,
-    _parse_retry_after as parse_retry_after,
-    _redirect_reason as redirect_reason,
-    _write_all as write_all,
+    classify_network_error,
+    disk_failure,
+    fix_location,
+    parse_retry_after,
+    redirect_reason,
+    write_all,
 )
 
 try:
@@ -222,7 +221,7 @@ class _Download:
     ok: bool
     requests: int = 0
     http_status: int | None = None
-    failure: Failure | None = None
+    failure: FetchFailure | None = None
     retry_after_s: float | None = None
 
 
@@ -273,7 +272,7 @@ class ArchiveClipSource(ClipSource):
         fetcher_kwargs.setdefault("concurrency", 2)
         # The fetcher holds the HTTP settings (validated) and the session (keep-alive, identity encoding).
         self.http = HttpFetcher(timeout_s=timeout_s, max_attempts=max_attempts, **fetcher_kwargs)
-        self._session: requests.Session = self.http._session
+        self._session: requests.Session = self.http.session
         self._closed = threading.Event()
 
     # ------------------------------------------------------------------ ClipSource
@@ -412,11 +411,7 @@ class ArchiveClipSource(ClipSource):
                 break
             if i == self.http.max_attempts - 1:
                 break
-            if out.retry_after_s is not None:
-                delay = min(self.http.retry_after_max_s, out.retry_after_s)
-            else:
-                delay = random.uniform(0.0, min(self.http.backoff_max_s, self.http.backoff_base_s * (2**i)))
-            if self._closed.wait(delay):
+            if self._closed.wait(self.http.retry_delay(i, out.retry_after_s)):
                 break
         return out, n_requests
 
@@ -443,20 +438,20 @@ class ArchiveClipSource(ClipSource):
                 status = resp.status_code
                 if status in REDIRECT_STATUSES:
                     location = resp.headers.get("Location")
-                    HttpFetcher._drain_small_body(resp)
+                    HttpFetcher.drain_small_body(resp)
                     hops += 1
                     if not location:
-                        return _Download(False, n_requests, status, Failure("redirect-without-location", False, False))
+                        return _Download(False, n_requests, status, FetchFailure("redirect-without-location", False, False))
                     if hops > self.http.max_redirects:
-                        return _Download(False, n_requests, status, Failure("too-many-redirects", False, False))
+                        return _Download(False, n_requests, status, FetchFailure("too-many-redirects", False, False))
                     target = urljoin(current, fix_location(location.strip()))
                     if bad := check_url(target):
-                        return _Download(False, n_requests, status, Failure(redirect_reason(bad), False, False))
+                        return _Download(False, n_requests, status, FetchFailure(redirect_reason(bad), False, False))
                     current = target
                     continue
                 if status == 416 and offset:
                     m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-                    HttpFetcher._drain_small_body(resp)
+                    HttpFetcher.drain_small_body(resp)
                     if m and int(m.group(1)) == offset:  # the .part already is the whole archive
                         return self._finish(part, archive, offset, n_requests, status)
                     restart = True
@@ -471,16 +466,16 @@ class ArchiveClipSource(ClipSource):
                     return self._stream(resp, part, archive, 0, None, n_requests)
                 else:
                     retry_after = parse_retry_after(resp.headers.get("Retry-After")) if status in RETRY_AFTER_STATUSES else None
-                    HttpFetcher._drain_small_body(resp)
+                    HttpFetcher.drain_small_body(resp)
                     transient = status >= 500 or status in TRANSIENT_4XX
-                    return _Download(False, n_requests, status, Failure(f"http-{status}", transient, transient), retry_after)
+                    return _Download(False, n_requests, status, FetchFailure(f"http-{status}", transient, transient), retry_after)
             except NETWORK_ERRORS as exc:
                 return _Download(False, n_requests, status, classify_network_error(exc, None, None))
             finally:
                 resp.close()
             assert restart
             if restarted or not offset:
-                return _Download(False, n_requests, status, Failure(f"bad-range-answer: http-{status}", True, True))
+                return _Download(False, n_requests, status, FetchFailure(f"bad-range-answer: http-{status}", True, True))
             log.info("archive %s: the server did not resume at byte %d (http %s): starting over", archive.name, offset, status)
             _unlink(part)
             restarted = True
@@ -495,7 +490,7 @@ class ArchiveClipSource(ClipSource):
         if total is None and offset == 0:
             total = clen
         if offset == 0 and clen == 0:
-            return _Download(False, n_requests, status, Failure("empty-body", False, False))
+            return _Download(False, n_requests, status, FetchFailure("empty-body", False, False))
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if offset else os.O_TRUNC)
         try:
             part.parent.mkdir(parents=True, exist_ok=True)
@@ -523,17 +518,17 @@ class ArchiveClipSource(ClipSource):
                 if min_rate > 0 and elapsed > self.http.timeout_s and written < min_rate * elapsed:
                     # http.py's rule; the .part is kept, so the next run resumes from here.
                     reason = f"too-slow: {written} bytes in {elapsed:.0f}s, under {min_rate:.0f} B/s"
-                    return _Download(False, n_requests, status, Failure(reason, True, False))
+                    return _Download(False, n_requests, status, FetchFailure(reason, True, False))
         finally:
             os.close(fd)
         size = offset + written
         if clen is not None and written != clen:
-            return _Download(False, n_requests, status, Failure(f"short-body: got {written} of {clen} bytes", True, True))
+            return _Download(False, n_requests, status, FetchFailure(f"short-body: got {written} of {clen} bytes", True, True))
         if total is not None and size != total:
             kind = "short-body" if size < total else "long-body"
-            return _Download(False, n_requests, status, Failure(f"{kind}: have {size} of {total} bytes", True, True))
+            return _Download(False, n_requests, status, FetchFailure(f"{kind}: have {size} of {total} bytes", True, True))
         if size == 0:
-            return _Download(False, n_requests, status, Failure("empty-body", False, False))
+            return _Download(False, n_requests, status, FetchFailure("empty-body", False, False))
         return self._finish(part, archive, size, n_requests, status)
 
     @staticmethod

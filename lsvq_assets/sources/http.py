@@ -63,12 +63,12 @@ CHUNK_SIZE = 256 * 1024
 # back to the pool; larger (or unsized) ones are dropped with the connection.
 _MAX_DRAIN_BYTES = 64 * 1024
 
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-_RETRY_AFTER_STATUSES = frozenset({429, 503})
-_TRANSIENT_4XX = frozenset({408, 425, 429})
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+TRANSIENT_4XX = frozenset({408, 425, 429})
 
 # Exceptions that mean "the network or the server misbehaved" (never a bug of ours).
-_NETWORK_ERRORS: tuple[type[BaseException], ...] = (
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (
     requests.exceptions.RequestException,
     urllib3.exceptions.HTTPError,
     http.client.HTTPException,
@@ -91,7 +91,7 @@ class FetchResult:
 # --------------------------------------------------------------------------- helpers
 
 
-def _parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
     """Seconds to wait from a Retry-After header (delta-seconds or HTTP-date)."""
     if value is None:
         return None
@@ -141,13 +141,13 @@ def _exception_chain(exc: BaseException) -> list[BaseException]:
 
 
 @dataclass(frozen=True)
-class _Failure:
+class FetchFailure:
     reason: str
     transient: bool
     retryable: bool  # retry inside this fetch (False: give up now, even if transient)
 
 
-def _classify_network_error(exc: BaseException, written: int | None, clen: int | None) -> _Failure:
+def classify_network_error(exc: BaseException, written: int | None, clen: int | None) -> FetchFailure:
     chain = _exception_chain(exc)
 
     def has(*types: type[BaseException]) -> BaseException | None:
@@ -164,34 +164,34 @@ def _classify_network_error(exc: BaseException, written: int | None, clen: int |
         urllib3.exceptions.LocationValueError,
     )
     if bad is not None:
-        return _Failure(f"bad-url: {type(bad).__name__}", transient=False, retryable=False)
+        return FetchFailure(f"bad-url: {type(bad).__name__}", transient=False, retryable=False)
 
     if has(http.client.IncompleteRead) is not None:
         if clen is not None:
-            return _Failure(f"short-body: got {written or 0} of {clen} bytes", True, True)
-        return _Failure(f"short-body: got {written or 0} bytes, chunked body incomplete", True, True)
+            return FetchFailure(f"short-body: got {written or 0} of {clen} bytes", True, True)
+        return FetchFailure(f"short-body: got {written or 0} bytes, chunked body incomplete", True, True)
 
     if has(ssl.SSLCertVerificationError) is not None:
         # Transient for a later run, but a broken certificate will not heal in
         # the next few seconds: do not burn in-fetch retries on it.
-        return _Failure("tls-error: certificate-verify-failed", transient=True, retryable=False)
+        return FetchFailure("tls-error: certificate-verify-failed", transient=True, retryable=False)
     ssl_error = has(ssl.SSLError)
     if ssl_error is not None or has(urllib3.exceptions.SSLError, requests.exceptions.SSLError) is not None:
         short = str(getattr(ssl_error, "reason", None) or "handshake").lower().replace("_", "-")
-        return _Failure(f"tls-error: {short}", True, True)
+        return FetchFailure(f"tls-error: {short}", True, True)
 
     if has(ConnectionRefusedError) is not None:
-        return _Failure("connection-error: refused", True, True)
+        return FetchFailure("connection-error: refused", True, True)
     if has(ConnectionResetError) is not None:
-        return _Failure("connection-error: reset", True, True)
+        return FetchFailure("connection-error: reset", True, True)
     if has(BrokenPipeError) is not None:
-        return _Failure("connection-error: broken-pipe", True, True)
+        return FetchFailure("connection-error: broken-pipe", True, True)
     if has(ConnectionAbortedError) is not None:
-        return _Failure("connection-error: aborted", True, True)
+        return FetchFailure("connection-error: aborted", True, True)
     if has(socket.gaierror, urllib3.exceptions.NameResolutionError) is not None:
-        return _Failure("connection-error: name-resolution", True, True)
+        return FetchFailure("connection-error: name-resolution", True, True)
     if has(http.client.RemoteDisconnected) is not None:
-        return _Failure("connection-error: remote-disconnected", True, True)
+        return FetchFailure("connection-error: remote-disconnected", True, True)
 
     # urllib3 2.x: NewConnectionError subclasses ConnectTimeoutError; a real
     # connect timeout is a ConnectTimeoutError that is not a NewConnectionError.
@@ -200,30 +200,30 @@ def _classify_network_error(exc: BaseException, written: int | None, clen: int |
             isinstance(e, urllib3.exceptions.ConnectTimeoutError)
             and not isinstance(e, urllib3.exceptions.NewConnectionError)
         ):
-            return _Failure("timeout", True, True)
+            return FetchFailure("timeout", True, True)
 
     if has(requests.exceptions.ProxyError, urllib3.exceptions.ProxyError) is not None:
-        return _Failure("connection-error: proxy", True, True)
+        return FetchFailure("connection-error: proxy", True, True)
 
     if has(urllib3.exceptions.InvalidHeader, http.client.LineTooLong, http.client.BadStatusLine) is not None:
-        return _Failure("protocol-error: malformed response", True, True)
+        return FetchFailure("protocol-error: malformed response", True, True)
 
     for e in chain:
         if isinstance(e, OSError) and e.errno:
             name = errno.errorcode.get(e.errno, str(e.errno))
-            return _Failure(f"connection-error: {name.lower()}", True, True)
+            return FetchFailure(f"connection-error: {name.lower()}", True, True)
     root = chain[-1] if chain else exc
-    return _Failure(f"connection-error: {type(root).__name__}", True, True)
+    return FetchFailure(f"connection-error: {type(root).__name__}", True, True)
 
 
-def _disk_failure(exc: OSError) -> _Failure:
+def disk_failure(exc: OSError) -> FetchFailure:
     text = exc.strerror or (errno.errorcode.get(exc.errno or 0) if exc.errno else None) or type(exc).__name__
     # Transient (the run can be resumed once space is freed) but never retried
     # in-fetch: a full disk does not empty itself in a few seconds.
-    return _Failure(f"disk-error: {text}", transient=True, retryable=False)
+    return FetchFailure(f"disk-error: {text}", transient=True, retryable=False)
 
 
-def _fix_location(location: str) -> str:
+def fix_location(location: str) -> str:
     # http.client decodes header bytes as latin-1; servers send UTF-8 (as requests does).
     try:
         return location.encode("latin-1").decode("utf-8")
@@ -231,7 +231,7 @@ def _fix_location(location: str) -> str:
         return location
 
 
-def _redirect_reason(bad: str) -> str:
+def redirect_reason(bad: str) -> str:
     prefix = "bad-url-scheme: "
     if bad.startswith(prefix):
         return "redirect-to-bad-scheme: " + bad[len(prefix):]
@@ -289,7 +289,7 @@ def _socket_has_more_data(sock: object, grace_s: float) -> bool:
         return False
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = os.write(fd, view)
@@ -303,7 +303,7 @@ class _Outcome:
     http_status: int | None = None
     sha256: str | None = None
     size: int | None = None
-    failure: _Failure | None = None
+    failure: FetchFailure | None = None
     retry_after_s: float | None = None
 
 
@@ -352,28 +352,28 @@ class HttpFetcher:
         self.min_rate_bytes_s = float(min_rate_bytes_s)
 
         self._closed = threading.Event()
-        self._session = requests.Session()
+        self.session = requests.Session()
         adapter = HTTPAdapter(
             pool_connections=max(16, self.concurrency),  # host pools kept (CDN + redirect hosts)
             pool_maxsize=self.concurrency,  # connections kept alive per host
             pool_block=False,
             max_retries=0,  # every request is counted and retried here, not in urllib3
         )
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
-        self._session.headers.update(
+        self.session.mount("http://", adapter)
+        self.session.mount("https://", adapter)
+        self.session.headers.update(
             {
                 "User-Agent": user_agent,
                 "Accept-Encoding": "identity",
                 "Accept": "*/*",
             }
         )
-        self._session.max_redirects = self.max_redirects
+        self.session.max_redirects = self.max_redirects
 
     # -- lifecycle
     def close(self) -> None:
         self._closed.set()
-        self._session.close()
+        self.session.close()
 
     def __enter__(self) -> "HttpFetcher":
         return self
@@ -382,6 +382,12 @@ class HttpFetcher:
         self.close()
 
     # -- public
+    def retry_delay(self, attempt: int, retry_after_s: float | None) -> float:
+        """Seconds to wait before the next attempt: Retry-After (capped), else full-jitter backoff."""
+        if retry_after_s is not None:
+            return min(self.retry_after_max_s, retry_after_s)
+        return random.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * (2**attempt)))
+
     def fetch(self, url: str, dest: Path) -> FetchResult:
         if self._closed.is_set():
             raise RuntimeError("HttpFetcher is closed")
@@ -401,11 +407,7 @@ class HttpFetcher:
                 break
             if i == self.max_attempts - 1:
                 break
-            if outcome.retry_after_s is not None:
-                delay = min(self.retry_after_max_s, outcome.retry_after_s)
-            else:
-                delay = random.uniform(0.0, min(self.backoff_max_s, self.backoff_base_s * (2**i)))
-            if self._closed.wait(delay):
+            if self._closed.wait(self.retry_delay(i, outcome.retry_after_s)):
                 break  # fetcher closed while waiting: report the last failure
         assert outcome is not None
         elapsed = time.monotonic() - started
@@ -423,52 +425,52 @@ class HttpFetcher:
         for _hop in range(self.max_redirects + 1):
             n_requests += 1
             try:
-                resp = self._session.get(
+                resp = self.session.get(
                     current,
                     stream=True,
                     allow_redirects=False,
                     timeout=(self.connect_timeout_s, self.timeout_s),
                 )
-            except _NETWORK_ERRORS as exc:
-                failure = _classify_network_error(exc, None, None)
+            except NETWORK_ERRORS as exc:
+                failure = classify_network_error(exc, None, None)
                 if failure.reason.startswith("bad-url"):
                     n_requests -= 1  # refused by requests/urllib3 before anything was sent
                 return _Outcome(False, n_requests, status, failure=failure)
             try:
                 status = resp.status_code
-                if status in _REDIRECT_STATUSES:
+                if status in REDIRECT_STATUSES:
                     location = resp.headers.get("Location")
-                    self._drain_small_body(resp)
+                    self.drain_small_body(resp)
                     if not location:
-                        return _Outcome(False, n_requests, status, failure=_Failure("redirect-without-location", False, False))
-                    target = urljoin(current, _fix_location(location.strip()))
+                        return _Outcome(False, n_requests, status, failure=FetchFailure("redirect-without-location", False, False))
+                    target = urljoin(current, fix_location(location.strip()))
                     bad = check_url(target)
                     if bad is not None:
-                        return _Outcome(False, n_requests, status, failure=_Failure(_redirect_reason(bad), False, False))
+                        return _Outcome(False, n_requests, status, failure=FetchFailure(redirect_reason(bad), False, False))
                     current = target
                     continue
                 if status != 200:
                     retry_after = None
-                    if status in _RETRY_AFTER_STATUSES:
-                        retry_after = _parse_retry_after(resp.headers.get("Retry-After"))
-                    self._drain_small_body(resp)
-                    transient = status >= 500 or status in _TRANSIENT_4XX
+                    if status in RETRY_AFTER_STATUSES:
+                        retry_after = parse_retry_after(resp.headers.get("Retry-After"))
+                    self.drain_small_body(resp)
+                    transient = status >= 500 or status in TRANSIENT_4XX
                     return _Outcome(
                         False,
                         n_requests,
                         status,
-                        failure=_Failure(f"http-{status}", transient, transient),
+                        failure=FetchFailure(f"http-{status}", transient, transient),
                         retry_after_s=retry_after,
                     )
                 return self._stream_body(resp, dest, n_requests)
-            except _NETWORK_ERRORS as exc:  # e.g. while draining an error body
-                return _Outcome(False, n_requests, status, failure=_classify_network_error(exc, None, None))
+            except NETWORK_ERRORS as exc:  # e.g. while draining an error body
+                return _Outcome(False, n_requests, status, failure=classify_network_error(exc, None, None))
             finally:
                 resp.close()
-        return _Outcome(False, n_requests, status, failure=_Failure("too-many-redirects", False, False))
+        return _Outcome(False, n_requests, status, failure=FetchFailure("too-many-redirects", False, False))
 
     @staticmethod
-    def _drain_small_body(resp: requests.Response) -> None:
+    def drain_small_body(resp: requests.Response) -> None:
         """Read a small sized body so the keep-alive connection can be reused."""
         raw = resp.raw
         remaining = getattr(raw, "length_remaining", None)
@@ -480,7 +482,7 @@ class HttpFetcher:
                 if not data:
                     break
                 remaining -= len(data)
-        except _NETWORK_ERRORS:
+        except NETWORK_ERRORS:
             pass
 
     def _stream_body(self, resp: requests.Response, dest: Path, n_requests: int) -> _Outcome:
@@ -488,13 +490,13 @@ class HttpFetcher:
         raw = resp.raw
         clen: int | None = raw.length_remaining  # None: chunked or close-delimited
         if clen == 0:
-            return _Outcome(False, n_requests, status, failure=_Failure("empty-body", False, False))
+            return _Outcome(False, n_requests, status, failure=FetchFailure("empty-body", False, False))
 
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         except OSError as exc:
-            return _Outcome(False, n_requests, status, failure=_disk_failure(exc))
+            return _Outcome(False, n_requests, status, failure=disk_failure(exc))
 
         hasher = hashlib.sha256()
         body_started = time.monotonic()
@@ -517,7 +519,7 @@ class HttpFetcher:
                                     False,
                                     n_requests,
                                     status,
-                                    failure=_Failure(f"long-body: more than Content-Length {clen}", True, True),
+                                    failure=FetchFailure(f"long-body: more than Content-Length {clen}", True, True),
                                 )
                             amt = 1
                         else:
@@ -527,23 +529,23 @@ class HttpFetcher:
                     # read1: whatever has arrived (one recv), so the rate check below runs
                     # while a trickling body is still coming, not after CHUNK_SIZE bytes.
                     data = raw.read1(amt, decode_content=False)
-                except _NETWORK_ERRORS as exc:  # incl. raw socket errors from the peek
-                    return _Outcome(False, n_requests, status, failure=_classify_network_error(exc, written, clen))
+                except NETWORK_ERRORS as exc:  # incl. raw socket errors from the peek
+                    return _Outcome(False, n_requests, status, failure=classify_network_error(exc, written, clen))
                 if not data:
                     if clen is not None:  # defensive: urllib3 normally raises IncompleteRead
                         return _Outcome(
                             False,
                             n_requests,
                             status,
-                            failure=_Failure(f"short-body: got {written} of {clen} bytes", True, True),
+                            failure=FetchFailure(f"short-body: got {written} of {clen} bytes", True, True),
                         )
                     break
                 # ---- disk
                 hasher.update(data)
                 try:
-                    _write_all(fd, data)
+                    write_all(fd, data)
                 except OSError as exc:
-                    return _Outcome(False, n_requests, status, failure=_disk_failure(exc))
+                    return _Outcome(False, n_requests, status, failure=disk_failure(exc))
                 written += len(data)
                 elapsed = time.monotonic() - body_started
                 if self.min_rate_bytes_s > 0 and elapsed > self.timeout_s and written < self.min_rate_bytes_s * elapsed:
@@ -551,7 +553,7 @@ class HttpFetcher:
                         False,
                         n_requests,
                         status,
-                        failure=_Failure(
+                        failure=FetchFailure(
                             f"too-slow: {written} bytes in {elapsed:.0f}s, under {self.min_rate_bytes_s:.0f} B/s",
                             transient=True,
                             retryable=False,  # another attempt would trickle as long again
@@ -559,7 +561,7 @@ class HttpFetcher:
                     )
 
             if written == 0:
-                return _Outcome(False, n_requests, status, failure=_Failure("empty-body", False, False))
+                return _Outcome(False, n_requests, status, failure=FetchFailure("empty-body", False, False))
             try:
                 os.fchmod(fd, 0o644)
                 os.fsync(fd)
@@ -567,7 +569,7 @@ class HttpFetcher:
                 fd = -1
                 os.replace(tmp_name, dest)
             except OSError as exc:
-                return _Outcome(False, n_requests, status, failure=_disk_failure(exc))
+                return _Outcome(False, n_requests, status, failure=disk_failure(exc))
             done = True
             return _Outcome(True, n_requests, status, sha256=hasher.hexdigest(), size=written)
         finally:
