@@ -64,7 +64,8 @@ def _rss_kb(pid: int) -> int:
     return 0
 
 
-def tree_rss_kb(pid: int) -> int:
+def tree_rss_kb(pid: int) -> tuple[frozenset[int], int]:
+    """(pids in the tree, their summed PSS in KiB)."""
     total, todo, seen = 0, [pid], set()
     while todo:
         p = todo.pop()
@@ -73,7 +74,7 @@ def tree_rss_kb(pid: int) -> int:
         seen.add(p)
         total += _rss_kb(p)
         todo.extend(_children(p))
-    return total
+    return frozenset(seen), total
 
 
 def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = None, interval_s: float = 0.05, timeout_s: float = 1800) -> Measured:
@@ -86,8 +87,14 @@ def run_measured(cmd: list[str], *, env: dict | None = None, cwd: Path | None = 
         stop = threading.Event()
 
         def sample() -> None:
+            # A sample counts only when the tree is the same as in the one before: around a fork
+            # the parent and the child are read at different moments and their pages counted twice.
+            last: frozenset[int] = frozenset()
             while not stop.is_set():
-                peak[0] = max(peak[0], tree_rss_kb(proc.pid))
+                pids, kb = tree_rss_kb(proc.pid)
+                if pids == last:
+                    peak[0] = max(peak[0], kb)
+                last = pids
                 stop.wait(interval_s)
 
         sampler = threading.Thread(target=sample, daemon=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
@@ -170,6 +171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ClipSourceResource(**config.get("clip_source", {})).open(manifest.has_urls).close()
         options = {"retry_failed": args.retry_failed, "verify": args.verify}
         argv_used = list(sys.argv[1:] if argv is None else argv)
+        # Everything imported now lives for the whole run: keep the collector from walking it again
+        # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/).
+        gc.freeze()
         return run_cli(config, manifest, slices, log_level=args.log_level, options=options, argv=argv_used, wait=args.wait)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

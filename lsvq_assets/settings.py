@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 import dagster as dg
 from pydantic import Field
 
 from lsvq_assets.core.layout import Layout
-from lsvq_assets.core.manifest import Manifest, read_manifest
+from lsvq_assets.core.manifest import Manifest, ManifestRow, read_manifest
 from lsvq_assets.core.slicing import cap_rows, slice_rows
-from lsvq_assets.core.manifest import ManifestRow
 
 DEFAULT_LSVQ_DIR = ".workingdir2/lsvq"
 
@@ -37,12 +38,24 @@ class LsvqSettings(dg.ConfigurableResource):
         return Layout.create(self.lsvq_dir, self.manifest_csv, self.progress_path, self.clips_subdir, self.output, self.manifest_out)
 
     def read_manifest(self) -> Manifest:
-        """Parse the manifest (ManifestError when it cannot be used)."""
-        return read_manifest(self.layout().manifest_csv, self.clip_suffix, self.min_csv_rows)
+        """Parse the manifest (ManifestError when it cannot be used); parsed once per process and file version."""
+        path = self.layout().manifest_csv
+        try:
+            st = path.stat()
+            version = (st.st_size, st.st_mtime_ns, st.st_ino)
+        except OSError:
+            version = None  # read_manifest says what is wrong
+        return _read_manifest_cached(path, version, self.clip_suffix, self.min_csv_rows)
 
     def slices(self, manifest: Manifest) -> dict[str, list[ManifestRow]]:
         """The manifest's rows after the row cap, grouped into slices."""
         return slice_rows(cap_rows(manifest.rows, self.max_rows), self.slice_rows, self.max_slice_rows)
+
+
+@functools.lru_cache(maxsize=4)
+def _read_manifest_cached(path: Path, version: tuple | None, clip_suffix: str, min_csv_rows: int) -> Manifest:
+    """The CLI runs every slice in one process: without this, a 39k-row manifest is parsed once per slice."""
+    return read_manifest(path, clip_suffix, min_csv_rows)
 
 
 # field -> environment variable, per resource key. One table: the definitions, the CLI and the
