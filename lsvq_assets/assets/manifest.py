@@ -45,8 +45,10 @@ def lsvq_manifest(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.M
     slices = lsvq.slices(manifest)
     if key not in slices:
         raise dg.Failure(
-            description=f"slice {key!r} is not in {manifest.path} under max_rows={lsvq.max_rows}; "
-            f"it has {len(slices)} slices. Set LSVQ_MAX_ROWS=0 for all rows, or re-register the slices.",
+            description=f"slice {key!r} is not in {manifest.path}"
+            + (f" under max_rows={lsvq.max_rows} (set LSVQ_MAX_ROWS=0 for all rows)" if lsvq.max_rows > 0 else "")
+            + f"; it has {len(slices)} slices. Was the key added by hand, or did the manifest change? "
+            f"The slices to run are the ones lsvq_manifest_sensor or the CLI registers.",
             allow_retries=False,
         )
     rows = slices[key]

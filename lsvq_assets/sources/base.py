@@ -228,7 +228,11 @@ def ingest_clips(
     recorder = _Recorder(store, on_ok=on_fetched)
     fetch_started = time.monotonic()
     if to_fetch:
-        source.fetch(to_fetch, layout, recorder)
+        try:
+            source.fetch(to_fetch, layout, recorder)
+        except BaseException:
+            recorder.flush()  # interrupted: keep what finished (its files are in place) with its timestamps
+            raise
     fetch_s = time.monotonic() - fetch_started
     store_overlapped_s = recorder.store_s
     t = time.monotonic()
