@@ -169,3 +169,13 @@ def test_help_and_bad_flag(tmp_path: Path) -> None:
         helped, bad = pool.map(lambda a: run_cli(tmp_path, *a), [("--help",), ("--max-rows", "many")])
     assert helped.returncode == 0 and "--dry-run" in helped.stdout and "--min-csv-rows" in helped.stdout
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "--max-rows" in bad.stderr
+
+
+def test_every_cli_flag_and_setting_is_documented_in_the_readme() -> None:
+    from lsvq_assets.cli import build_parser
+    from lsvq_assets.settings import ENV_VARS
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    flags = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
+    variables = {var for fields in ENV_VARS.values() for var in fields.values()}
+    assert sorted(f for f in flags | variables if f not in readme) == []
