@@ -199,3 +199,24 @@ def requests_per_path(server) -> dict[str, int]:
     for rec in server.records():
         out[rec.path] = out.get(rec.path, 0) + 1
     return out
+
+
+def private_tmpfs_unshare(probe_dir: Path) -> str:
+    """The ``unshare`` binary when a tiny tmpfs can be mounted in a private mount namespace here
+    (a real ENOSPC for the disk-full tests); skips the calling test with the reason otherwise."""
+    import shutil
+
+    import pytest
+
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs util-linux 'unshare' to mount a tiny tmpfs privately")
+    probe_dir.mkdir(parents=True, exist_ok=True)
+    probe = subprocess.run(
+        [unshare, "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe_dir)],
+        capture_output=True,
+        text=True,
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a private tmpfs here (needs CAP_SYS_ADMIN or a user namespace): {probe.stderr.strip()}")
+    return unshare

@@ -32,6 +32,7 @@ import pytest
 from lsvq_assets.sources.http import HttpFetcher
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.harness import (
+    private_tmpfs_unshare,
     assert_exact_shard,
     check_invariants,
     cli_args,
@@ -231,17 +232,7 @@ _CHECK_IN_NAMESPACE = textwrap.dedent(
 @pytest.mark.slow
 def test_full_disk_is_transient_and_clear_then_a_rerun_completes(tmp_path: Path, corpus: Corpus, served) -> None:
     """The clips directory on a 16 KiB tmpfs (a private mount namespace): real ENOSPC mid-run."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("needs util-linux 'unshare' to mount a tiny tmpfs privately")
-    probe_dir = tmp_path / "probe"
-    probe_dir.mkdir()
-    probe = subprocess.run(
-        [unshare, "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(probe_dir)],
-        capture_output=True, text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a private tmpfs here (needs CAP_SYS_ADMIN or a user namespace): {probe.stderr.strip()}")
+    unshare = private_tmpfs_unshare(tmp_path / "probe")
     work, logs = tmp_path / "work", tmp_path / "logs"
     (work / "clips").mkdir(parents=True)
     logs.mkdir()

@@ -30,6 +30,7 @@ from lsvq_assets.sources.http import (
     check_url,
     sha256_file,
 )
+from lsvq_assets_tests.harness import private_tmpfs_unshare
 from lsvq_assets_tests.loopback import (  # noqa: F401 - loopback is a fixture
     Fault,
     LoopbackServer,
@@ -704,18 +705,8 @@ def _run_child(cmd: list[str]) -> dict:
 
 def test_disk_full_enospc_on_tiny_tmpfs(loopback: LoopbackServer, tmp_path: Path) -> None:
     """Real ENOSPC: a 256 KiB tmpfs mounted in a private mount namespace."""
-    unshare = shutil.which("unshare")
-    if unshare is None:
-        pytest.skip("ENOSPC test needs util-linux 'unshare' to mount a tiny tmpfs privately")
+    unshare = private_tmpfs_unshare(tmp_path / "tiny")
     mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    probe = subprocess.run(
-        [unshare, "--mount", "--propagation", "private", "mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-    )
-    if probe.returncode != 0:
-        pytest.skip(f"cannot mount a private tmpfs here (needs CAP_SYS_ADMIN/userns): {probe.stderr.strip()}")
     loopback.put_random("big.mp4", 1 << 20)
     small = loopback.put_random("small.mp4", 50_000)
     script = (
