@@ -1,4 +1,4 @@
-"""The slices partitions definition, shared by every per-slice asset, and their registration."""
+"""The folder partitions shared by every split's rows, and their registration."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ from collections.abc import Iterable
 import dagster as dg
 import sqlalchemy.exc
 
-SLICES_PARTITIONS_NAME = "lsvq_slices"
-slices_partitions = dg.DynamicPartitionsDefinition(name=SLICES_PARTITIONS_NAME)
+PARTITIONS_NAME = "lsvq_folders"
+folder_partitions = dg.DynamicPartitionsDefinition(name=PARTITIONS_NAME)
 
 
-def register_slices(instance: dg.DagsterInstance, keys: Iterable[str]) -> list[str]:
-    """Add the slice keys the instance does not know yet; return the new ones. Idempotent.
+def register_partitions(instance: dg.DagsterInstance, keys: Iterable[str]) -> list[str]:
+    """Add the partition keys the instance does not know yet; return the new ones. Idempotent.
 
     Safe beside another process registering the same keys (the sensor, a UI run, another CLI):
     the instance refuses a key twice (unique index), so when one was added between our read
@@ -20,12 +20,12 @@ def register_slices(instance: dg.DagsterInstance, keys: Iterable[str]) -> list[s
     """
     wanted = list(dict.fromkeys(keys))
     for attempt in range(5):
-        known = set(instance.get_dynamic_partitions(SLICES_PARTITIONS_NAME))
+        known = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
         new = [k for k in wanted if k not in known]
         if not new:
             return []
         try:
-            instance.add_dynamic_partitions(SLICES_PARTITIONS_NAME, new)
+            instance.add_dynamic_partitions(PARTITIONS_NAME, new)
             return new
         except sqlalchemy.exc.IntegrityError:
             if attempt == 4:

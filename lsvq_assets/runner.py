@@ -1,4 +1,4 @@
-"""What the CLI does after parsing: register slices, run each through Dagster, assemble the shard."""
+"""What the CLI does after parsing: register partitions, run each that is not current through Dagster, assemble the shards."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import dagster as dg
 
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
-from lsvq_assets.core.manifest import Manifest, ManifestRow
-from lsvq_assets.partitions import register_slices
+from lsvq_assets.automation import PARTITION_JOB
+from lsvq_assets.checks import LEAKAGE_CHECK
+from lsvq_assets.core.partitioning import Plan
+from lsvq_assets.partitions import register_partitions
 
 log = logging.getLogger("lsvq_assets")
 
@@ -31,30 +33,25 @@ def open_instance(layout: Layout) -> dg.DagsterInstance:
 
 
 def ui_command(instance: dg.DagsterInstance, config: dict) -> str:
-    """The command that opens the Dagster UI on the instance and settings the CLI used."""
-    from lsvq_assets.settings import ENV_VARS
+    """The command that opens the Dagster UI on the instance with every setting the CLI used."""
+    from lsvq_assets.settings import ui_command_env
 
-    env = [f"DAGSTER_HOME={shlex.quote(instance.root_directory)}"]
-    for key, fields in ENV_VARS.items():
-        for name, var in fields.items():
-            value = config.get(key, {}).get(name)
-            if value not in (None, ""):
-                if name in ("lsvq_dir", "manifest_csv", "output", "manifest_out", "local_clips", "progress_path"):
-                    value = str(Path(value).expanduser().absolute())
-                env.append(f"{var}={shlex.quote(str(value))}")
+    env = [f"DAGSTER_HOME={shlex.quote(instance.root_directory)}", *ui_command_env(config)]
     workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
     target = f"-w {shlex.quote(str(workspace))}" if workspace.exists() else "-m lsvq_assets.definitions"
     return " ".join(env) + f" dagster dev {target}"
 
 
 class ShardFailed(RuntimeError):
-    """The lsvq_shard run failed (the CLI exits 1: the slices are recorded, run again)."""
+    """The shards run failed (the CLI exits 1: the partitions are recorded, run again)."""
 
 
 @dataclass
 class CliReport:
-    failed_slices: dict[str, str] = field(default_factory=dict)
-    shard_metadata: dict = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)  # partition -> why
+    skipped: list[str] = field(default_factory=list)  # partitions already current
+    shards: dict[str, dict] = field(default_factory=dict)  # split -> shard metadata
+    leaks: dict[str, list[dict]] = field(default_factory=dict)  # split -> clips also in another split
 
 
 def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
@@ -77,42 +74,64 @@ def _failure_message(result: dg.ExecuteInProcessResult) -> str:
     return "failed"
 
 
-def run_slices(
+def run_partitions(
     config: dict,
-    slices: dict[str, list[ManifestRow]],
+    plan: Plan,
+    keys: list[str],
     instance: dg.DagsterInstance,
     *,
     run_config: dict | None = None,
     tags: dict | None = None,
+    force: bool = False,
 ) -> CliReport:
-    """Materialise each slice (one run each), then the shard; return what failed and the shard's metadata."""
+    """Materialise each partition that is not current (one run each), then every split's shard."""
+    from lsvq_assets.automation import SHARDS_JOB, read_state, observe
     from lsvq_assets.definitions import build_defs
+    from lsvq_assets.resources import LsvqSettings
+    from lsvq_assets.schedules import refresh_plan
 
     defs = build_defs(config)
-    register_slices(instance, slices)
+    lsvq = LsvqSettings(**config.get("lsvq", {}))
+    splits = list(plan.splits)
+    register_partitions(instance, plan.partitions)
+    state = read_state(lsvq)
     report = CliReport()
-    slice_job = defs.resolve_job_def("lsvq_slice_job")
-    for n, key in enumerate(slices, 1):
-        result = slice_job.execute_in_process(
-            partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False
-        )
+    if force:
+        todo = list(keys)
+    else:
+        asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [dg.AssetKey(f"lsvq_rows_{s}") for s in splits]
+        layout = lsvq.layout()
+        outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in splits)  # noqa: E731
+        need = refresh_plan(instance, state, asset_keys, keys)
+        todo = [k for k in keys if k in need or not outputs_there(k)]
+        report.skipped = [k for k in keys if k not in todo]
+        if report.skipped:
+            log.info("%d of %d partitions are current (label rows, outputs and last run unchanged): not run again", len(report.skipped), len(keys))
+    observe(instance, state, todo)
+    job = defs.resolve_job_def(PARTITION_JOB)
+    for n, key in enumerate(todo, 1):
+        result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
         if not result.success and _interrupted(result):
-            raise KeyboardInterrupt(f"slice {key}")  # stop here, as the operator asked (exit 130)
+            raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
         if result.success:
-            log.info("slice %d/%d %s: done (run %s)", n, len(slices), key, result.run_id)
+            log.info("partition %d/%d %s: done (run %s)", n, len(todo), key, result.run_id)
         else:
-            report.failed_slices[key] = _failure_message(result)
-            log.warning("slice %d/%d %s: FAILED (run %s): %s", n, len(slices), key, result.run_id, report.failed_slices[key])
+            report.failed[key] = _failure_message(result)
+            log.warning("partition %d/%d %s: FAILED (run %s): %s", n, len(todo), key, result.run_id, report.failed[key])
     shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
-    result = defs.resolve_job_def("lsvq_shard_job").execute_in_process(
-        instance=instance, run_config=shard_config, tags=tags, raise_on_error=False
-    )
+    result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(instance=instance, run_config=shard_config, tags=tags, raise_on_error=False)
     if not result.success and _interrupted(result):
-        raise KeyboardInterrupt("lsvq_shard")
+        raise KeyboardInterrupt("shards")
+    for split in splits:
+        mats = result.asset_materializations_for_node(f"lsvq_shard_{split}")
+        if mats:
+            report.shards[split] = {k: v.value for k, v in mats[-1].metadata.items()}
+    for ev in result.get_asset_check_evaluations():
+        if ev.check_name == LEAKAGE_CHECK and not ev.passed:
+            split = ev.asset_key.path[-1].removeprefix("lsvq_shard_")
+            report.leaks[split] = list(ev.metadata["records"].value) if "records" in ev.metadata else []
     if not result.success:
-        raise ShardFailed(f"assembling the shard failed: {_failure_message(result)}")
-    mats = result.asset_materializations_for_node("lsvq_shard")
-    report.shard_metadata = {k: v.value for k, v in mats[-1].metadata.items()} if mats else {}
+        raise ShardFailed(f"assembling the shards failed: {_failure_message(result)}")
     return report
 
 
@@ -139,14 +158,12 @@ def fail_abandoned_runs(instance: dg.DagsterInstance, lsvq_dir: Path) -> list[st
     return [rec.dagster_run.run_id for rec in records]
 
 
-def run_cli(
-    config: dict, manifest: Manifest, slices: dict[str, list[ManifestRow]], *, log_level: str, options: dict, argv: list[str], wait: bool = False
-) -> int:
+def run_cli(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], wait: bool = False) -> int:
     """The CLI's full run, holding the working directory's CLI lock; returns its exit code.
 
     Another CLI run on the same working directory: ``LockHeld`` (exit 3), or with ``wait`` a wait for it.
     """
-    from lsvq_assets.settings import LsvqSettings
+    from lsvq_assets.resources import LsvqSettings
 
     lsvq_dir = LsvqSettings(**config.get("lsvq", {})).layout().lsvq_dir
     lsvq_dir.mkdir(parents=True, exist_ok=True)
@@ -155,11 +172,11 @@ def run_cli(
         log.warning("another run is using %s (%s): waiting for it to finish", lsvq_dir, describe(holder))
 
     with cli_lock(lsvq_dir, argv, wait=wait, on_wait=waiting):
-        return _run_locked(config, manifest, slices, log_level=log_level, options=options, argv=argv)
+        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv)
 
 
-def _run_locked(config: dict, manifest: Manifest, slices: dict[str, list[ManifestRow]], *, log_level: str, options: dict, argv: list[str]) -> int:
-    from lsvq_assets.settings import LsvqSettings
+def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str]) -> int:
+    from lsvq_assets.resources import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
     layout = lsvq.layout()
@@ -176,29 +193,40 @@ def _run_locked(config: dict, manifest: Manifest, slices: dict[str, list[Manifes
         "lsvq/lsvq_dir": str(layout.lsvq_dir),
         "lsvq/pid": str(os.getpid()),
     }
-    rows = sum(len(v) for v in slices.values())
-    log.info("%d rows in %d slices from %s; Dagster instance %s", rows, len(slices), manifest.path, instance.root_directory)
+    log.info(
+        "%s; %d of %d partitions hold the rows under the cap; Dagster instance %s",
+        ", ".join(f"{s}: {len(plan.capped(s))} rows from {m.path}" for s, m in plan.splits.items()),
+        len(keys), len(plan.partitions), instance.root_directory,
+    )
     try:
-        report = run_slices(config, slices, instance, run_config=run_config, tags=tags)
+        report = run_partitions(config, plan, keys, instance, run_config=run_config, tags=tags, force=bool(options.get("retry_failed") or options.get("verify")))
     except ShardFailed as exc:
-        print(f"error: {exc}; the slices are recorded: run the same command again.", file=sys.stderr)
+        print(f"error: {exc}; the partitions are recorded: run the same command again.", file=sys.stderr)
         return EXIT_TRANSIENT
-    meta = report.shard_metadata
-    print(meta.get("summary", "no shard written"))
     threshold = lsvq.attrition_warn_threshold
-    if meta and meta.get("attrition_pct", 0) / 100 > threshold:
-        log.warning(
-            "attrition %.2f%% (%d of %d rows failed to download) is above --attrition-warn-threshold %.2f; "
-            "the failures are recorded in %s and in each slice's lsvq_clips failed_clips table",
-            meta["attrition_pct"], meta["skipped_download"], rows, threshold, layout.store_path,
-        )
-    print(f"replay manifest -> {layout.manifest_out}")
+    for split in plan.splits:
+        meta = report.shards.get(split, {})
+        print(meta.get("summary", f"no shard written for {split}"))
+        if meta and meta.get("attrition_pct", 0) / 100 > threshold:
+            log.warning(
+                "attrition %.2f%% of %s (%d of %d rows failed to download) is above --attrition-warn-threshold %.2f; "
+                "the failures are in the shard's failed_clips table and in each partition's lsvq_clips outcome table",
+                meta["attrition_pct"], split, meta["skipped_download"], meta.get("rows", 0), threshold,
+            )
+        if meta.get("pending_rows"):
+            log.warning("%s: %d rows wait for partitions not materialised yet", split, meta["pending_rows"])
+    for split, leaks in report.leaks.items():
+        for leak in leaks:
+            where = ", ".join(f"{s}: {leak[s]}" for s in plan.splits if leak.get(s))
+            print(f"leakage: the same clip (sha256 {leak['src_sha256'][:16]}) is in two splits: {where}", file=sys.stderr)
+    for split in plan.splits:
+        print(f"replay manifest -> {lsvq.shard_paths(split)[1]}")
     print(f"open the UI on this instance: {ui_command(instance, config)}")
-    if report.failed_slices:
-        keys = ", ".join(sorted(report.failed_slices))
+    if report.failed:
+        keys_text = ", ".join(sorted(report.failed))
         print(
-            f"{len(report.failed_slices)} slice(s) failed transiently ({keys}): run the same command again, "
-            f"or backfill the failed partitions of lsvq_clips in the UI.",
+            f"{len(report.failed)} partition(s) failed transiently ({keys_text}): run the same command again, "
+            f"or backfill the failed partitions in the UI.",
             file=sys.stderr,
         )
         return EXIT_TRANSIENT

@@ -62,7 +62,7 @@ def test_cli_end_to_end_rows_rerun_and_retry(tmp_path: Path, corpus: Corpus, ser
     assert (work / "lsvq.manifest.json").read_text().endswith("}\n")
 
     instance = dg.DagsterInstance.from_config(str(work / ".dagster"))
-    event = instance.get_latest_materialization_event(dg.AssetKey("lsvq_shard"))
+    event = instance.get_latest_materialization_event(dg.AssetKey("lsvq_shard_train"))
     assert event.asset_materialization.metadata["dagster/row_count"].value == 5
 
     # Again: no request at all (done clips skipped, the 404 not retried), byte-identical shard.

@@ -1,4 +1,4 @@
-"""lsvq_clips[slice]: the slice's clip files on disk and a per-clip outcome table."""
+"""lsvq_clips[partition]: the partition's clip files on disk and a per-clip outcome table."""
 
 import hashlib
 import logging
@@ -8,24 +8,22 @@ from collections import Counter
 import dagster as dg
 import pyarrow as pa
 
-from lsvq_assets.assets.manifest import MANIFEST_FILE, lsvq_manifest
+from lsvq_assets.assets.manifest import MANIFEST_FILE, URLS_META
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, counts_md, md_table
 from lsvq_assets.core.locks import describe, slice_lock
 from lsvq_assets.core.store import ClipStore
-from lsvq_assets.core.tables import read_manifest_rows, write_table
+from lsvq_assets.core.tables import read_manifest_rows, read_meta, read_table, write_table
+from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeAhead
-from lsvq_assets.resources import ClipSourceResource, ProbeResource
-from lsvq_assets.settings import LsvqSettings
+from lsvq_assets.resources import ClipSourceResource, LsvqSettings, ProbeResource
 from lsvq_assets.sources.base import FAILED, SliceClips, ingest_clips
-from lsvq_assets.partitions import slices_partitions
 
 CLIPS_FILE = "clips.parquet"
 # The concurrency pool of every run that downloads: its limit (deploy/dagster.yaml, or
-# `dagster instance concurrency set lsvq_source N`) caps how many slices fetch from the source at once.
+# `dagster instance concurrency set lsvq_source N`) caps how many partitions fetch from the source at once.
 SOURCE_POOL = "lsvq_source"
 CLIPS_SCHEMA = pa.schema(
     [
-        ("index", pa.int64()),
         ("src", pa.string()),
         ("status", pa.string()),
         ("sha256", pa.string()),
@@ -46,12 +44,12 @@ class ClipsConfig(dg.Config):
     probe_ahead: bool = True  # probe each clip as it lands, for lsvq_probes' cache (overlaps the downloads)
 
 
-def _failed_metadata(failures: list[dict], total_rows: int) -> dict:
+def _failed_metadata(failures: list[dict], total_rows: int, limit: int = 50) -> dict:
     reasons = Counter((f["reason"] or "unknown").split(":")[0] for f in failures)
     return {
         "failed": len(failures),
         "failed_by_reason": counts_md(dict(reasons.most_common())),
-        "failed_clips": md_table(failures, FAILED_COLUMNS, limit=50),
+        "failed_clips": md_table(failures, FAILED_COLUMNS, limit=limit),
         "rows": total_rows,
     }
 
@@ -70,6 +68,14 @@ def _probe_ahead(prober: ProbeResource) -> ProbeAhead | None:
         return None
 
 
+def previous_outcomes(path) -> dict[str, dict]:
+    """The partition's last outcome table (its own output, the truth of what was ingested) by src."""
+    try:
+        return {r["src"]: r for r in read_table(path)}
+    except (FileNotFoundError, OSError, ValueError):
+        return {}
+
+
 def _data_version(result: SliceClips) -> str:
     h = hashlib.sha256()
     for r in result.table:
@@ -78,8 +84,8 @@ def _data_version(result: SliceClips) -> str:
 
 
 @dg.asset(
-    partitions_def=slices_partitions,
-    deps=[lsvq_manifest],
+    partitions_def=folder_partitions,
+    deps=["lsvq_manifest"],
     group_name=GROUP,
     kinds={"python", "parquet", "video"},
     owners=OWNERS,
@@ -93,21 +99,25 @@ def lsvq_clips(
     clip_source: ClipSourceResource,
     prober: ProbeResource,
 ) -> dg.MaterializeResult:
-    """The slice's clip files under the clips directory, and what happened to each one.
+    """The partition's clip files under the clips directory, and what happened to each one (outcome table).
 
-    Each clip is also probed as soon as it lands (while the rest download), into the probe cache
-    that lsvq_probes reads: the probes overlap the downloads instead of following them.
+    Every clip any split needs is fetched once. Each clip is also probed as soon as it lands (while
+    the rest download), into the private probe cache lsvq_probes may use: the probes overlap the
+    downloads instead of following them.
     """
     started = time.monotonic()
     key = context.partition_key
     layout = lsvq.layout()
-    rows = read_manifest_rows(layout.slice_file(key, MANIFEST_FILE))
-    source = clip_source.open(manifest_has_urls=any(r.url for r in rows))
+    manifest_path = layout.partition_file(key, MANIFEST_FILE)
+    rows = list({r.src: r for r in reversed(read_manifest_rows(manifest_path))}.values())[::-1]  # one per clip
+    outcome_path = layout.partition_file(key, CLIPS_FILE)
+    previous = previous_outcomes(outcome_path)
+    source = clip_source.open(read_meta(manifest_path).get(URLS_META) == "1")
     try:
-        # One writer of a slice's clips at a time (CLI, UI, backfill): a second one waits, then
-        # finds the clips done. Other slices are not held up.
+        # One writer of a partition's clips at a time (CLI, UI, backfill): a second one waits, then
+        # finds the clips done. Other partitions are not held up.
         def waiting(holder: dict) -> None:
-            message = f"slice {key} is being materialised by {describe(holder)}: waiting for it to finish"
+            message = f"partition {key} is being materialised by {describe(holder)}: waiting for it to finish"
             context.log.warning(message)
             logging.getLogger("lsvq_assets").info(message)  # the CLI's log
 
@@ -115,9 +125,20 @@ def lsvq_clips(
             ahead = _probe_ahead(prober) if config.probe_ahead else None
             on_fetched = (lambda res: ahead.submit(res.sha256, layout.clip_path(res.src))) if ahead else None
             with ClipStore(layout.store_path) as store:
+                if layout.progress_path.is_file():  # the seed's .download-progress.json: private fetch state
+                    imported = store.import_seed_progress(layout.progress_path, {r.name: r.src for r in rows})
+                    if imported:
+                        context.log.info(f"imported {imported} clip states from {layout.progress_path}")
                 try:
                     result = ingest_clips(
-                        rows, layout, store, source, retry_failed=config.retry_failed, verify=config.verify, on_fetched=on_fetched
+                        rows,
+                        layout,
+                        store,
+                        source,
+                        previous=previous,
+                        retry_failed=config.retry_failed,
+                        verify=config.verify,
+                        on_fetched=on_fetched,
                     )
                 except BaseException:
                     if ahead:
@@ -133,39 +154,43 @@ def lsvq_clips(
         source.close()
     counts = result.by_status()
     rate = result.bytes_fetched / result.elapsed_s / 1e6 if result.elapsed_s else 0.0
-    context.log.info(f"slice {key}: {dict(counts)} in {result.elapsed_s:.2f}s via {source.name}")
+    context.log.info(f"partition {key}: {dict(counts)} in {result.elapsed_s:.2f}s via {source.name}")
     if transient:
         meta = _failed_metadata(transient, len(rows))
         meta["retry"] = "Run the same command again, or backfill the failed partitions in the UI."
-        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=meta))
+        full = {**_failed_metadata(transient, len(rows), limit=len(transient)), "retry": meta["retry"]}
+        context.log_event(dg.AssetObservation(asset_key=context.asset_key, partition=key, metadata=full))
         raise dg.Failure(
-            description=f"{len(transient)} of {len(rows)} clips in slice {key} failed transiently "
-            f"({_top_reasons(transient)}); the rest of the slice is recorded. "
-            f"Run again or backfill this partition.",
+            description=f"{len(transient)} of {len(rows)} clips in partition {key} failed transiently "
+            f"({_top_reasons(transient)}); the rest of the partition is recorded. "
+            f"The failed_clips table below lists the first 50 (all of them are in this step's "
+            f"lsvq_clips observation). Run again or backfill this partition.",
             metadata=meta,
         )
-    write_table(layout.slice_file(key, CLIPS_FILE), result.table, CLIPS_SCHEMA)
+    write_table(outcome_path, result.table, CLIPS_SCHEMA)
     permanent = result.failures(transient=False)
+    timings = {
+        "elapsed_s": round(result.elapsed_s, 3),
+        "fetch_s": round(result.fetch_s, 3),
+        "store_s": round(result.store_s, 3),
+        "store_during_fetch_s": round(result.store_overlapped_s, 3),
+        "probe_ahead_wait_s": round(probe_wait_s, 3),
+        "compute_s": round(time.monotonic() - started, 3),
+    }
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),
-            "dagster/uri": dg.MetadataValue.path(str(layout.clips_dir)),
-            "dagster/column_schema": column_schema(CLIPS_SCHEMA),
-            "source": source.name,
             "downloaded": counts.get("downloaded", 0),
             "cached": counts.get("cached", 0),
-            "bytes_fetched": result.bytes_fetched,
-            "elapsed_s": dg.MetadataValue.float(round(result.elapsed_s, 3)),
-            "throughput_mb_s": dg.MetadataValue.float(round(rate, 2)),
-            "clips_per_s": dg.MetadataValue.float(round(counts.get("downloaded", 0) / result.elapsed_s, 1) if result.elapsed_s else 0.0),
-            "fetch_s": dg.MetadataValue.float(round(result.fetch_s, 3)),
-            "store_s": dg.MetadataValue.float(round(result.store_s, 3)),
-            "store_during_fetch_s": dg.MetadataValue.float(round(result.store_overlapped_s, 3)),
-            "probed_ahead": probed_ahead,
-            "probe_ahead_wait_s": dg.MetadataValue.float(round(probe_wait_s, 3)),
-            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
-            "outcome_table": dg.MetadataValue.path(str(layout.slice_file(key, CLIPS_FILE))),
             **_failed_metadata(permanent, len(rows)),
+            "bytes_fetched": result.bytes_fetched,
+            "throughput_mb_s": dg.MetadataValue.float(round(rate, 2)),
+            "source": source.name,
+            "outcome_table": dg.MetadataValue.path(str(outcome_path)),
+            "dagster/uri": dg.MetadataValue.path(str(layout.clips_dir)),
+            "dagster/column_schema": column_schema(CLIPS_SCHEMA),
+            "probed_ahead": probed_ahead,
+            "timings": dg.MetadataValue.json(timings),
         },
         data_version=dg.DataVersion(_data_version(result)),
     )

@@ -1,4 +1,4 @@
-"""lsvq_probes[slice]: width, height, frame rate, duration, pixel format and codec of each clip."""
+"""lsvq_probes[partition]: width, height, frame rate, duration, pixel format and codec of each clip."""
 
 import hashlib
 import json
@@ -12,10 +12,9 @@ from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, md_table
 from lsvq_assets.core.store import ClipStore
 from lsvq_assets.core.tables import read_table, write_table
-from lsvq_assets.partitions import slices_partitions
+from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeItem, probe_clips
-from lsvq_assets.resources import ProbeResource
-from lsvq_assets.settings import LsvqSettings
+from lsvq_assets.resources import LsvqSettings, ProbeResource
 from lsvq_assets.sources.base import FAILED
 
 PROBES_FILE = "probes.parquet"
@@ -29,6 +28,7 @@ PROBES_SCHEMA = pa.schema(
         ("duration_s", pa.float64()),
         ("pix_fmt", pa.string()),
         ("encoder_upstream", pa.string()),
+        ("broken", pa.string()),  # why the clip is not a usable video; null when it probed
     ]
 )
 
@@ -49,49 +49,53 @@ def _summary(table: list[dict]) -> str:
 
 
 @dg.asset(
-    partitions_def=slices_partitions,
+    partitions_def=folder_partitions,
     deps=[lsvq_clips],
     group_name=GROUP,
     kinds={"python", "parquet", "ffmpeg"},
     owners=OWNERS,
-    code_version="1",
+    code_version="2",
     # Local work only: follows a run that materialised lsvq_clips alone (e.g. a backfill of its
-    # failed partitions); a whole-slice run never triggers it twice.
+    # failed partitions); a whole-partition run never triggers it twice.
     automation_condition=dg.AutomationCondition.eager(),
 )
 def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: ProbeResource) -> dg.MaterializeResult:
-    """The slice's probe table: one row per clip that opened as a video (ffprobe's rules).
+    """The partition's probe table: one row per clip fetched, its probe (ffprobe's rules) or why it is broken.
 
-    Results come from the probe cache (by sha256 and backend) when they are there: lsvq_clips
-    fills it while it downloads, so ``cached`` counts those too.
+    Results come from the private probe cache (by sha256 and backend) when they are there:
+    lsvq_clips fills it while it downloads, so ``cached`` counts those too.
     """
     started = time.monotonic()
     key = context.partition_key
     layout = lsvq.layout()
-    clips = [c for c in read_table(layout.slice_file(key, CLIPS_FILE)) if c["status"] != FAILED]
+    clips = [c for c in read_table(layout.partition_file(key, CLIPS_FILE)) if c["status"] != FAILED]
     items = [ProbeItem(c["src"], layout.clip_path(c["src"]), c["sha256"], c["size"]) for c in clips]
     impl = prober.prober()
     with ClipStore(layout.store_path) as store:
         result = probe_clips(items, impl, store, prober.concurrency)
-    table = [{"src": it.src, "sha256": it.sha256, **result.probes[it.src]} for it in items if it.src in result.probes]
-    path = layout.slice_file(key, PROBES_FILE)
+    table = [
+        {"src": it.src, "sha256": it.sha256, **result.probes[it.src]} if it.src in result.probes else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}
+        for it in items
+    ]
+    path = layout.partition_file(key, PROBES_FILE)
     write_table(path, table, PROBES_SCHEMA)
     broken = [{"src": s, "reason": r} for s, r in result.broken.items()]
+    probed = [r for r in table if not r.get("broken")]
     version = hashlib.sha256(json.dumps(table, sort_keys=True).encode()).hexdigest()[:24]
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(table),
-            "dagster/uri": dg.MetadataValue.path(str(path)),
-            "dagster/column_schema": column_schema(PROBES_SCHEMA),
-            "backend": impl.name,
             "probed": result.probed,
             "cached": result.cached,
-            "probe_s": dg.MetadataValue.float(round(result.probe_s, 3)),
-            "store_s": dg.MetadataValue.float(round(result.store_s, 3)),
             "broken": len(broken),
             "broken_clips": md_table(broken, ["src", "reason"], limit=50),
-            "summary": dg.MetadataValue.md(_summary(table)),
-            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
+            "summary": dg.MetadataValue.md(_summary(probed)),
+            "backend": impl.name,
+            "dagster/uri": dg.MetadataValue.path(str(path)),
+            "dagster/column_schema": column_schema(PROBES_SCHEMA),
+            "timings": dg.MetadataValue.json(
+                {"probe_s": round(result.probe_s, 3), "store_s": round(result.store_s, 3), "compute_s": round(time.monotonic() - started, 3)}
+            ),
         },
         data_version=dg.DataVersion(version),
     )

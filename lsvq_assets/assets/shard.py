@@ -1,230 +1,215 @@
-"""lsvq_shard_rows[slice] (a JSONL part per slice) and lsvq_shard (lsvq.jsonl + replay manifest)."""
+"""lsvq_shard_<split>: one split's JSONL shard and replay manifest, assembled from its partitions' rows."""
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import dagster as dg
 
 import lsvq_assets
-from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
-from lsvq_assets.assets.manifest import MANIFEST_FILE, lsvq_manifest
+from lsvq_assets.assets.manifest import labels_key
 from lsvq_assets.assets.meta import GROUP, OWNERS, md_table
-from lsvq_assets.assets.probes import PROBES_FILE, lsvq_probes
-from lsvq_assets.checks import SHARD_CHECK_SPECS, accounting_check, attrition_check, schema_check
-from lsvq_assets.core.files import atomic_open, sha256_file
+from lsvq_assets.assets.rows import BROKEN, DOWNLOAD_FAILED, WRITTEN, rows_file, rows_key
+from lsvq_assets.checks import (
+    LEAKAGE_CHECK,
+    MOS_SCALE,
+    accounting_check,
+    attrition_check,
+    leakage_check,
+    leaked,
+    mos_scale_check,
+    schema_check,
+    schema_problems,
+    shard_check_specs,
+    shard_sha256s,
+)
+from lsvq_assets.core.files import atomic_path, sha256_file
 from lsvq_assets.core.replay import replay_manifest, run_provenance, write_replay
-from lsvq_assets.core.rows import CORPUS, ROW_KEYS, assemble, build_row, row_line
-from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.rows import CORPUS, assemble
 from lsvq_assets.core.tables import read_table
-from lsvq_assets.partitions import slices_partitions
-from lsvq_assets.settings import LsvqSettings
-
-ROWS_FILE = "rows.jsonl"
-
-_FROM = {
-    "lsvq_manifest": ["src", "mos", "mos_std_dev", "n_ratings"],
-    "lsvq_clips": ["src_sha256", "src_size_bytes", "ingested_at_utc"],
-    "lsvq_probes": ["width", "height", "framerate", "duration_s", "pix_fmt", "encoder_upstream"],
-}
-_SOURCE_COLUMN = {"src_sha256": "sha256", "src_size_bytes": "size"}
-COLUMN_LINEAGE = dg.TableColumnLineage(
-    deps_by_column={
-        col: [dg.TableColumnDep(asset_key=dg.AssetKey(asset), column_name=_SOURCE_COLUMN.get(col, col))]
-        for asset, cols in _FROM.items()
-        for col in cols
-    }
-)
-ROWS_SCHEMA = dg.TableSchema(
-    columns=[dg.TableColumn(k, "string" if k in ("src", "src_sha256", "pix_fmt", "encoder_upstream", "corpus", "corpus_version", "ingested_at_utc") else "number") for k in ROW_KEYS]
-)
+from lsvq_assets.resources import LsvqSettings
 
 
-def slice_lines(layout, key: str, corpus_version: str) -> list[str]:
-    """The slice's JSONL lines in manifest order: one per clip that was fetched and probed."""
-    manifest = read_table(layout.slice_file(key, MANIFEST_FILE))
-    clips = {c["src"]: c for c in read_table(layout.slice_file(key, CLIPS_FILE))}
-    probes = {p["src"]: p for p in read_table(layout.slice_file(key, PROBES_FILE))}
-    return [
-        row_line(build_row(m, clips[m["src"]], probes[m["src"]], corpus_version))
-        for m in manifest
-        if m["src"] in probes and probes[m["src"]]["sha256"] == clips[m["src"]]["sha256"]
-    ]
+def shard_key(split: str) -> dg.AssetKey:
+    return dg.AssetKey(f"lsvq_shard_{split}")
 
 
-# Local work, like lsvq_probes: follows a run that materialised lsvq_probes without it. Not an
-# update of lsvq_manifest alone: a slice run that failed at lsvq_clips has re-written it, and
-# rebuilding the rows from the old clips then would hide the failed partition.
-# Rows follow their slice's probes only: a run that re-wrote lsvq_manifest and then failed at
-# lsvq_clips must not rebuild rows from the old clips (that would hide the failed partition).
-ROWS_AUTOMATION = dg.AutomationCondition.eager().replace(
-    "any_deps_updated",
-    dg.AutomationCondition.any_deps_updated().ignore(dg.AssetSelection.assets("lsvq_manifest", "lsvq_clips")),
-)
-
-
-@dg.asset(
-    partitions_def=slices_partitions,
-    deps=[lsvq_manifest, lsvq_clips, lsvq_probes],
-    group_name=GROUP,
-    kinds={"python", "json"},
-    owners=OWNERS,
-    code_version="1",
-    automation_condition=ROWS_AUTOMATION,
-)
-def lsvq_shard_rows(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
-    """The slice's MOS-corpus rows as a JSONL part file (the shard's bytes, one line per clip)."""
-    started = time.monotonic()
-    key = context.partition_key
-    layout = lsvq.layout()
-    lines = slice_lines(layout, key, lsvq.corpus_version)
-    path = layout.slice_file(key, ROWS_FILE)
-    with atomic_open(path, "w") as fh:
-        fh.writelines(line + "\n" for line in lines)
-    digest = sha256_file(path)[0]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(lines),
-            "dagster/uri": dg.MetadataValue.path(str(path)),
-            "dagster/column_schema": ROWS_SCHEMA,
-            "dagster/column_lineage": COLUMN_LINEAGE,
-            "sha256": digest,
-            "preview": dg.MetadataValue.md("```\n" + "\n".join(lines[:5]) + "\n```" if lines else "_no rows_"),
-            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
-        },
-        data_version=dg.DataVersion(digest[:24]),
-    )
-
-
-# Re-assemble by itself once the slices settle: after any slice's rows changed, and only when no
-# slice run is queued or running, so a batch of slice runs gives one assembly, not one per slice.
-# A missing or failed slice does not hold it back (the CLI assembles around it too).
+# Re-assemble by itself once the partitions settle: after any of its rows changed, and only when
+# no partition run is queued or running, so a batch of runs gives one assembly, not one per run.
 SHARD_AUTOMATION = (
     dg.AutomationCondition.any_deps_match(dg.AutomationCondition.newly_updated()).since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
-).with_label("slices updated and settled")
+).with_label("partitions updated and settled")
 
 
-def _dagster_provenance(context: dg.AssetExecutionContext, keys: list[str]) -> dict:
-    """This run's id and, per slice, the run that wrote its rows."""
+def collect(lsvq: LsvqSettings, split: str) -> dict:
+    """The split's capped rows, looked up in their partitions' rows tables (the partitions' outputs).
+
+    A row whose partition was not materialised, or was materialised for other label values, is
+    pending: its partition must run (again).
+    """
+    plan = lsvq.plan()
+    layout = lsvq.layout()
+    capped = plan.capped(split)
+    pairs, failed, broken, pending = [], [], [], {}
+    tables: dict[str, dict[str, dict]] = {}
+    for i, row in enumerate(capped):
+        key = plan.key_of[row.src]
+        if key not in tables:
+            path = layout.partition_file(key, rows_file(split))
+            tables[key] = {r["src"]: r for r in read_table(path)} if path.exists() else {}
+        got = tables[key].get(row.src)
+        if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
+            pending[key] = pending.get(key, 0) + 1
+        elif got["outcome"] == WRITTEN:
+            pairs.append((i, got["line"], json.loads(got["line"])))
+        elif got["outcome"] == DOWNLOAD_FAILED:
+            failed.append({"src": row.src, "reason": got["reason"]})
+        elif got["outcome"] == BROKEN:
+            broken.append({"src": row.src, "reason": got["reason"]})
+    return {"plan": plan, "capped": capped, "pairs": pairs, "failed": failed, "broken": broken, "pending": pending}
+
+
+def _dagster_provenance(context: dg.AssetExecutionContext, split: str, keys: list[str]) -> dict:
+    """This run's id and, per partition, the run that wrote its rows."""
     records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=dg.AssetKey("lsvq_shard_rows"), asset_partitions=keys), limit=max(1, 4 * len(keys))
+        dg.AssetRecordsFilter(asset_key=rows_key(split), asset_partitions=keys), limit=max(1, 4 * len(keys))
     ).records
-    slice_runs: dict[str, str] = {}
+    runs: dict[str, str] = {}
     for rec in records:
-        slice_runs.setdefault(rec.partition_key, rec.run_id)
+        if rec.partition_key is not None:
+            runs.setdefault(rec.partition_key, rec.run_id)
     return {
         "run_id": context.run.run_id,
         "job_name": context.run.job_name,
         "partition_keys": keys,
-        "slice_runs": {k: slice_runs.get(k) for k in keys},
+        "partition_runs": {k: runs.get(k) for k in keys},
         "code_version": context.assets_def.code_versions_by_key.get(context.asset_key),
         "dagster_version": dg.__version__,
     }
 
 
-@dg.asset(
-    deps=[dg.AssetDep("lsvq_shard_rows")],
-    group_name=GROUP,
-    kinds={"python", "json"},
-    owners=OWNERS,
-    code_version="1",
-    check_specs=SHARD_CHECK_SPECS,
-    automation_condition=SHARD_AUTOMATION,
-)
-def lsvq_shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
-    """lsvq.jsonl: every slice's rows in manifest order, deduplicated by sha256, plus its replay manifest."""
-    started = time.monotonic()
-    layout = lsvq.layout()
-    manifest = lsvq.read_manifest()
-    slices = lsvq.slices(manifest)
-    rows = [r for rows in slices.values() for r in rows]
-    index = {r.src: r.index for r in rows}
-    pairs, missing_slices = [], []
-    for key in slices:
-        part = layout.slice_file(key, ROWS_FILE)
-        if not part.exists():
-            missing_slices.append(key)
-            continue
-        for line in part.read_text().splitlines():
-            row = json.loads(line)  # parsed once: assemble() takes the parsed row along
-            if row["src"] in index:
-                pairs.append((index[row["src"]], line, row))
-    out = assemble(pairs)
-    with ClipStore(layout.store_path) as store:
-        states = store.get_many(index)
-    failed = [s for s in index if s in states and states[s].state == "failed"]
-    broken = [s for s in index if s in states and states[s].state == "broken"]
-    written = set(out.srcs)
-    accounted = written | {d for d, _ in out.duplicates} | set(failed) | set(broken)
-    unaccounted = [s for s in index if s not in accounted]
-    stats = {
-        "written": len(out.lines),
-        "skipped_download": len(failed),
-        "skipped_broken": len(broken),
-        "dedups": out.dedups,
-        "attrition_pct": round(100.0 * len(failed) / len(rows), 4) if rows else 0.0,
-    }
-    with atomic_open(layout.output, "w") as fh:
-        fh.writelines(line + "\n" for line in out.lines)
-    digest = sha256_file(layout.output)[0]
-    tags = context.run.tags
-    entry = Path(lsvq_assets.__file__).parent / ("cli.py" if "lsvq/argv" in tags else "definitions.py")
-    config = {
-        "lsvq_dir": str(layout.lsvq_dir),
-        "manifest_csv": str(layout.manifest_csv),
-        "clips_subdir": lsvq.clips_subdir,
-        "clip_suffix": lsvq.clip_suffix,
-        "min_csv_rows": lsvq.min_csv_rows,
-        "max_rows": lsvq.max_rows,
-        "full": lsvq.max_rows <= 0,
-        "corpus_version": lsvq.corpus_version,
-        "attrition_warn_threshold": lsvq.attrition_warn_threshold,
-        "defaulted_columns": manifest.defaulted,
-        "slice_rows": lsvq.slice_rows,
-        "max_slice_rows": lsvq.max_slice_rows,
-    }
-    provenance = run_provenance(
-        entry,
-        json.loads(tags.get("lsvq/argv", "[]")),
-        config,
-        inputs=[layout.manifest_csv, layout.progress_path],
-        outputs=[layout.output],
+def shard_asset(split: str) -> dg.AssetsDefinition:
+    key = shard_key(split)
+
+    @dg.asset(
+        key=key,
+        deps=[dg.AssetDep(rows_key(split)), dg.AssetDep(labels_key(split))],
+        group_name=GROUP,
+        kinds={"python", "json"},
+        owners=OWNERS,
+        code_version="2",
+        check_specs=shard_check_specs(key),
+        automation_condition=SHARD_AUTOMATION,
+        description=f"The {split} split's MOS-corpus JSONL shard: its first max_rows rows in file order, "
+        "deduplicated by sha256, checked, then published atomically with its replay manifest.",
     )
-    replay = replay_manifest(CORPUS, stats, config, provenance, _dagster_provenance(context, list(slices)))
-    write_replay(layout.manifest_out, replay)
-    summary = (
-        f"wrote {stats['written']} rows, skipped {stats['skipped_download']} (download-failed), "
-        f"{stats['skipped_broken']} (broken-clip), {stats['dedups']} dedups -> {layout.output}"
-    )
-    context.log.info(summary)
-    if stats["attrition_pct"] / 100 > lsvq.attrition_warn_threshold:
-        context.log.warning(
-            f"attrition {stats['attrition_pct']:.2f}% of {len(rows)} rows failed to download, above "
-            f"{lsvq.attrition_warn_threshold:.0%}; see {layout.store_path} and the lsvq_clips failure tables"
+    def _shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
+        started = time.monotonic()
+        out_path, replay_path = lsvq.shard_paths(split)
+        got = collect(lsvq, split)
+        plan, capped, pending = got["plan"], got["capped"], got["pending"]
+        out = assemble(got["pairs"])
+        stats = {
+            "written": len(out.lines),
+            "skipped_download": len(got["failed"]),
+            "skipped_broken": len(got["broken"]),
+            "dedups": out.dedups,
+            "attrition_pct": round(100.0 * len(got["failed"]) / len(capped), 4) if capped else 0.0,
+        }
+        mos = [row["mos"] for _, _, row in got["pairs"]]
+        mos_range = {"min": min(mos), "max": max(mos)} if mos else {"min": None, "max": None}
+        manifest = plan.splits[split]
+        config = {
+            "split": split,
+            "label_file": str(manifest.path),
+            "splits": {s: str(m.path) for s, m in plan.splits.items()},
+            "lsvq_dir": str(lsvq.layout().lsvq_dir),
+            "clips_subdir": lsvq.clips_subdir,
+            "clip_suffix": lsvq.clip_suffix,
+            "min_csv_rows": lsvq.min_csv_rows,
+            "max_rows": lsvq.max_rows,
+            "full": lsvq.max_rows <= 0,
+            "corpus_version": lsvq.corpus_version,
+            "attrition_warn_threshold": lsvq.attrition_warn_threshold,
+            "defaulted_columns": manifest.defaulted,
+            "flat_chunk_rows": lsvq.flat_chunk_rows,
+        }
+        keys = plan.split_partitions(split)
+        with atomic_path(out_path) as staged:
+            staged.write_text("".join(line + "\n" for line in out.lines))
+            # The blocking check reads the staged file: what would be published, byte for byte.
+            staged_lines = staged.read_text().splitlines()
+            bad = schema_problems(staged_lines)
+            if bad:
+                raise dg.Failure(
+                    description=f"{len(bad)} of {len(staged_lines)} lines of the {split} shard break the schema "
+                    f"(first: line {bad[0]['line']}: {bad[0]['problems']}); nothing was published: "
+                    f"{out_path} and its replay manifest are the previous ones. Run the partitions again.",
+                    metadata={"invalid": md_table(bad, ["line", "problems"]), "invalid_lines": len(bad)},
+                    allow_retries=False,
+                )
+        digest = sha256_file(out_path)[0]
+        tags = context.run.tags
+        entry = Path(lsvq_assets.__file__).parent / ("cli.py" if "lsvq/argv" in tags else "definitions.py")
+        provenance = run_provenance(
+            entry, json.loads(tags.get("lsvq/argv", "[]")), config, inputs=[manifest.path, lsvq.layout().progress_path], outputs=[out_path]
         )
-    check_results = [
-        attrition_check(stats, lsvq.attrition_warn_threshold),
-        schema_check(out.lines),
-        accounting_check(stats, len(rows), unaccounted),
-    ]
-    return dg.MaterializeResult(
-        metadata={
-            "dagster/row_count": len(out.lines),
-            "dagster/uri": dg.MetadataValue.path(str(layout.output)),
-            "replay_manifest_path": dg.MetadataValue.path(str(layout.manifest_out)),
-            "sha256": digest,
-            "summary": summary,
-            **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in stats.items()},
-            "manifest_rows": len(rows),
-            "slices": len(slices),
-            "slices_without_rows": md_table([{"slice": k} for k in missing_slices], ["slice"]),
-            "duplicates": md_table([{"dropped": d, "kept": k} for d, k in out.duplicates], ["dropped", "kept"]),
-            "preview": dg.MetadataValue.md("```\n" + "\n".join(out.lines[:5]) + "\n```" if out.lines else "_no rows_"),
-            "replay_manifest": dg.MetadataValue.json(replay),
-            "compute_s": dg.MetadataValue.float(round(time.monotonic() - started, 3)),
-        },
-        data_version=dg.DataVersion(digest),
-        check_results=check_results,
+        replay = replay_manifest(CORPUS, stats, config, provenance, _dagster_provenance(context, split, keys))
+        replay.update(split=split, mos_scale=f"{MOS_SCALE[0]:g}-{MOS_SCALE[1]:g}", mos_range=mos_range)
+        write_replay(replay_path, replay)
+        summary = (
+            f"wrote {stats['written']} rows, skipped {stats['skipped_download']} (download-failed), "
+            f"{stats['skipped_broken']} (broken-clip), {stats['dedups']} dedups -> {out_path}"
+        )
+        context.log.info(summary)
+        if pending:
+            context.log.warning(f"{sum(pending.values())} rows of {split} wait for {len(pending)} partitions: {', '.join(list(pending)[:10])}")
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": len(out.lines),
+                "summary": summary,
+                **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in stats.items()},
+                "rows": len(capped),
+                "pending_rows": sum(pending.values()),
+                "failed_clips": md_table(got["failed"], ["src", "reason"], limit=50),
+                "broken_clips": md_table(got["broken"], ["src", "reason"], limit=50),
+                "duplicates": md_table([{"dropped": d, "kept": k} for d, k in out.duplicates], ["dropped", "kept"]),
+                "dagster/uri": dg.MetadataValue.path(str(out_path)),
+                "replay_manifest_path": dg.MetadataValue.path(str(replay_path)),
+                "sha256": digest,
+                "partitions": len(keys),
+                "mos_range": dg.MetadataValue.json(mos_range),
+                "preview": dg.MetadataValue.md("```\n" + "\n".join(out.lines[:5]) + "\n```" if out.lines else "_no rows_"),
+                "replay_manifest": dg.MetadataValue.json(replay),
+                "timings": dg.MetadataValue.json({"compute_s": round(time.monotonic() - started, 3)}),
+            },
+            data_version=dg.DataVersion(digest),
+            check_results=[
+                schema_check(len(staged_lines), bad),
+                accounting_check(stats, len(capped), pending),
+                attrition_check(stats, lsvq.attrition_warn_threshold),
+                mos_scale_check(mos_range),
+            ],
+        )
+
+    return _shard
+
+
+def leakage_asset_check(split: str, splits: Sequence[str]) -> dg.AssetChecksDefinition:
+    """ERROR when a clip of this split's shard (by sha256) is also in another split's shard."""
+    others = [s for s in splits if s != split]
+
+    @dg.asset_check(
+        asset=shard_key(split),
+        name=LEAKAGE_CHECK,
+        additional_deps=[shard_key(s) for s in others],
+        description=f"No clip of {split} (by sha256) in {', '.join(others)}: the same video under two names, or a label-file mistake.",
     )
+    def _leakage(lsvq: LsvqSettings) -> dg.AssetCheckResult:
+        shards = {s: shard_sha256s(lsvq.shard_paths(s)[0]) for s in splits}
+        return leakage_check(split, leaked(split, shards), splits)
+
+    return _leakage

@@ -13,39 +13,22 @@ STORE_NAME = "clip-state.sqlite3"
 
 @dataclass(frozen=True)
 class Layout:
+    """Where the working files are: clips, partition outputs, the fetch store, archives."""
+
     lsvq_dir: Path
-    manifest_csv: Path
     progress_path: Path
     clips_dir: Path
-    output: Path
-    manifest_out: Path
 
     @classmethod
-    def create(
-        cls,
-        lsvq_dir: str | Path,
-        manifest_csv: str = "",
-        progress_path: str = "",
-        clips_subdir: str = "clips",
-        output: str = "",
-        manifest_out: str = "",
-    ) -> "Layout":
+    def create(cls, lsvq_dir: str | Path, progress_path: str = "", clips_subdir: str = "clips") -> "Layout":
         """Apply the seed's defaults: every path empty here falls back to one under ``lsvq_dir``."""
         if not clips_subdir or Path(clips_subdir).is_absolute() or ".." in Path(clips_subdir).parts:
             raise UserError(f"--clips-subdir {clips_subdir!r} must be a relative directory inside --lsvq-dir (default: clips).")
         base = Path(lsvq_dir).expanduser().absolute()
-        out = Path(output).expanduser().absolute() if output else base / "lsvq.jsonl"
-        if manifest_out:
-            mout = Path(manifest_out).expanduser().absolute()
-        else:
-            mout = out.with_name(out.name[: -len(".jsonl")] + ".manifest.json" if out.name.endswith(".jsonl") else out.name + ".manifest.json")
         return cls(
             lsvq_dir=base,
-            manifest_csv=Path(manifest_csv).expanduser().absolute() if manifest_csv else base / "manifest.csv",
             progress_path=Path(progress_path).expanduser().absolute() if progress_path else base / ".download-progress.json",
             clips_dir=base / clips_subdir,
-            output=out,
-            manifest_out=mout,
         )
 
     @property
@@ -60,9 +43,9 @@ class Layout:
     def dagster_home(self) -> Path:
         return self.lsvq_dir / ".dagster"
 
-    def slice_file(self, key: str, name: str) -> Path:
-        """The file an asset writes for one slice, e.g. ``slice_file("yfcc-batch1", "clips.parquet")``."""
-        return self.lsvq_dir / "slices" / key / name
+    def partition_file(self, key: str, name: str) -> Path:
+        """The file an asset writes for one partition, e.g. ``partition_file("yfcc-batch1", "clips.parquet")``."""
+        return self.lsvq_dir / "partitions" / key / name
 
     def clip_path(self, src: str) -> Path:
         """The clip's path under the clips directory; ValueError if ``src`` would land outside it."""

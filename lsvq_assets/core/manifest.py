@@ -47,6 +47,7 @@ class ManifestRow:
     mos_std_dev: float
     n_ratings: int
     url: str | None
+    split: str = "train"  # the split (label file) the row comes from
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,8 @@ class Manifest:
         return dict(Counter(d.reason.split(":")[0] for d in self.dropped).most_common())
 
 
-def read_manifest(path: Path, clip_suffix: str = DEFAULT_SUFFIX, min_csv_rows: int = 0) -> Manifest:
-    """Parse the manifest at ``path``. Raises ManifestError for a file that cannot be used at all."""
+def read_manifest(path: Path, clip_suffix: str = DEFAULT_SUFFIX, min_csv_rows: int = 0, split: str = "train") -> Manifest:
+    """Parse the label file of ``split`` at ``path``. Raises ManifestError for a file that cannot be used at all."""
     text, digest = _read_text(path)
     reader = csv.reader(io.StringIO(text, newline=""), skipinitialspace=True)
     try:
@@ -110,7 +111,7 @@ def read_manifest(path: Path, clip_suffix: str = DEFAULT_SUFFIX, min_csv_rows: i
     manifest = Manifest(path=path, format=fmt, columns=header if fmt == "csv" else [], data_rows=len(data), sha256=digest)
     manifest.defaulted = [k for c, k in (("sd", "mos_std_dev"), ("n", "n_ratings")) if not columns.get(c)]
     manifest.has_urls = bool(columns.get("url"))
-    _collect_rows(manifest, data, columns, suffix)
+    _collect_rows(manifest, data, columns, suffix, split)
     return manifest
 
 
@@ -206,7 +207,7 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns: dict[str, list[int]], suffix: str) -> None:
+def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns: dict[str, list[int]], suffix: str, split: str) -> None:
     seen: set[str] = set()
     rows, dropped = manifest.rows, manifest.dropped
     name_i, mos_i, url_i, sd_i, n_i = (columns.get(k) for k in ("name", "mos", "url", "sd", "n"))
@@ -235,4 +236,4 @@ def _collect_rows(manifest: Manifest, data: list[tuple[int, list[str]]], columns
         n = _finite(_first(rec, n_i))
         n = n if n is not None and abs(n) < 2**63 else None  # parquet's int64; junk like 1e30 -> 0
         folder = name.split("/", 1)[0] if "/" in name else ""
-        rows.append(ManifestRow(len(rows), line, name, src, folder, mos, sd, int(n) if n else 0, url))
+        rows.append(ManifestRow(len(rows), line, name, src, folder, mos, sd, int(n) if n else 0, url, split))

@@ -23,13 +23,28 @@ MANIFEST_SCHEMA = pa.schema(
         ("mos_std_dev", pa.float64()),
         ("n_ratings", pa.int64()),
         ("url", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+# One split's rows of one partition (lsvq_rows_<split>): every row of the split's label file in
+# the partition and what became of it; ``line`` is the shard's bytes for a written row.
+ROWS_SCHEMA = pa.schema(
+    [
+        ("src", pa.string()),
+        ("mos", pa.float64()),
+        ("mos_std_dev", pa.float64()),
+        ("n_ratings", pa.int64()),
+        ("outcome", pa.string()),  # written | download-failed | broken
+        ("reason", pa.string()),
+        ("src_sha256", pa.string()),
+        ("line", pa.string()),
     ]
 )
 
 
-def write_table(path: Path, records: Sequence[dict], schema: pa.Schema) -> None:
-    """Write ``records`` as parquet atomically (temp file + rename)."""
-    table = pa.Table.from_pylist(list(records), schema=schema)
+def write_table(path: Path, records: Sequence[dict], schema: pa.Schema, meta: dict[str, str] | None = None) -> None:
+    """Write ``records`` as parquet atomically (temp file + rename); ``meta`` goes in the schema's metadata."""
+    table = pa.Table.from_pylist(list(records), schema=schema.with_metadata(meta) if meta else schema)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
 
@@ -38,8 +53,14 @@ def read_table(path: Path) -> list[dict]:
     return pq.read_table(path).to_pylist()
 
 
-def write_manifest_rows(path: Path, rows: Sequence[ManifestRow]) -> None:
-    write_table(path, [dataclasses.asdict(r) for r in rows], MANIFEST_SCHEMA)
+def read_meta(path: Path) -> dict[str, str]:
+    """The schema metadata ``write_table`` stored (without parquet's own keys)."""
+    meta = pq.read_schema(path).metadata or {}
+    return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
+
+
+def write_manifest_rows(path: Path, rows: Sequence[ManifestRow], meta: dict[str, str] | None = None) -> None:
+    write_table(path, [dataclasses.asdict(r) for r in rows], MANIFEST_SCHEMA, meta)
 
 
 def read_manifest_rows(path: Path) -> list[ManifestRow]:

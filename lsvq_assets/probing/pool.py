@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsvq_assets.core.store import ClipRecord, ClipStore
+from lsvq_assets.core.store import ClipStore
 from lsvq_assets.probing.base import BrokenClip, Prober
 
 
@@ -86,7 +86,11 @@ class ProbeAhead:
 
 
 def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: ClipStore, concurrency: int = 4) -> SliceProbes:
-    """Probe what the cache does not know; record results and broken clips in the store."""
+    """Probe what the store's probe cache does not know, and cache the new results there.
+
+    The cache is private and an optimisation: broken clips are reported in the result (and so in
+    lsvq_probes' table), never written back as clip state.
+    """
     out = SliceProbes()
     t = time.monotonic()
     cache = store.get_probes((it.sha256, prober.name) for it in items)
@@ -104,15 +108,11 @@ def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: ClipStore, co
     if fresh:
         store.put_probes({(it.sha256, prober.name): res for it, res in fresh.items()})
     out.cached, out.probed = len(items) - len(todo), len(todo)
-    broken_records = []
     for it in items:
         res = fresh.get(it) or cache[(it.sha256, prober.name)]
         if "broken" in res:
             out.broken[it.src] = res["broken"]
-            broken_records.append(ClipRecord(src=it.src, state="broken", sha256=it.sha256, size=it.size, reason=res["broken"]))
         else:
             out.probes[it.src] = res
-    if broken_records:
-        store.record_many(broken_records)
     out.store_s += time.monotonic() - t
     return out

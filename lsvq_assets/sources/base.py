@@ -11,7 +11,7 @@ import threading
 import time
 from abc import ABC, abstractmethod
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,7 +154,12 @@ class _Recorder:
 
 
 def _cached(rec: ClipRecord | None, path: Path, verify: bool) -> ClipRecord | None:
-    """The record to keep for a clip already on disk, or None when it must be fetched (again)."""
+    """The record to keep for a clip already on disk, or None when it must be fetched (again).
+
+    A file whose bytes no longer match its record is removed here, before it is fetched again:
+    a failed re-fetch then leaves nothing that a later run could adopt (a known-bad clip is never
+    adopted).
+    """
     try:
         size = path.stat().st_size
     except FileNotFoundError:
@@ -165,11 +170,24 @@ def _cached(rec: ClipRecord | None, path: Path, verify: bool) -> ClipRecord | No
     # or hash a clip the seed's progress file said was done.
     digest, size = sha256_file(path)
     if rec is not None and rec.state in ("done", "broken") and rec.sha256 and rec.sha256 != digest:
+        path.unlink(missing_ok=True)
         return None
     if size == 0:
         return None
-    state = rec.state if rec is not None and rec.state == "broken" else "done"
-    return ClipRecord(src=str(path), state=state, sha256=digest, size=size)
+    if rec is not None and rec.state in ("done", "broken") and rec.sha256 == digest:
+        return rec  # verified: same bytes as recorded
+    return ClipRecord(src=str(path), state="done", sha256=digest, size=size)
+
+
+def _from_outcome(row: Mapping) -> ClipRecord | None:
+    """A record from the partition's last outcome table: a clip done, or failed permanently."""
+    if row.get("status") != FAILED and row.get("sha256"):
+        return ClipRecord(src=row["src"], state="done", sha256=row["sha256"], size=row["size"], ingested_at_utc=row["ingested_at_utc"])
+    if row.get("status") == FAILED and not row.get("transient"):
+        return ClipRecord(
+            src=row["src"], state="failed", reason=row.get("reason"), http_status=row.get("http_status"), transient=False
+        )
+    return None
 
 
 def _remove_stale_temps(rows: Sequence[ManifestRow], layout: Layout) -> None:
@@ -189,11 +207,16 @@ def ingest_clips(
     store: ClipStore,
     source: ClipSource,
     *,
+    previous: Mapping[str, Mapping] | None = None,
     retry_failed: bool = False,
     verify: bool = False,
     on_fetched: Callable[[ClipResult], None] | None = None,
 ) -> SliceClips:
-    """Bring a slice's clips into place through ``source``, recording every outcome in ``store``.
+    """Bring a partition's clips into place through ``source``, recording every outcome in ``store``.
+
+    ``previous`` is the partition's last outcome table by src (its own output: what was ingested,
+    when, and which clips failed permanently); ``store`` is private fetch state, newer when it
+    knows a clip (a run that was interrupted before writing its table), and may be deleted.
 
     ``on_fetched`` is called (from the source's threads) for every clip that landed, while the
     rest of the slice is still downloading.
@@ -211,6 +234,10 @@ def ingest_clips(
     status: dict[str, str] = {}
     for row in rows:
         rec = known.get(row.src)
+        if rec is None and previous and row.src in previous:
+            rec = _from_outcome(previous[row.src])
+            if rec is not None:
+                adopted.append(rec)  # the store learns it again: the outcome table is the truth
         if rec is not None and rec.state == "failed" and not rec.transient and not retry_failed:
             status[row.src] = FAILED  # permanent: the seed's non-retry contract
             continue
@@ -221,6 +248,9 @@ def ingest_clips(
         status[row.src] = CACHED
         if cached is not rec:
             adopted.append(ClipRecord(src=row.src, state=cached.state, sha256=cached.sha256, size=cached.size))
+    # A clip taken from the outcome table that must be fetched again is not adopted as it was.
+    fetch = {r.src for r in to_fetch}
+    adopted = [a for a in adopted if a.src not in fetch or a.state == "failed"]
     t = time.monotonic()
     if adopted:
         store.record_many(adopted)
@@ -254,7 +284,6 @@ def ingest_clips(
         rec = final[row.src]
         out.table.append(
             {
-                "index": row.index,
                 "src": row.src,
                 "status": status[row.src],
                 "sha256": rec.sha256,
