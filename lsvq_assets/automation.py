@@ -37,6 +37,7 @@ class LabelState:
     fingerprints: dict[tuple[str, str], str]  # (split, partition) -> that split's rows' fingerprint
     rows: dict[str, int]  # partition -> rows of every split
     selected: list[str]  # partitions holding a capped row of some split
+    splits_in: dict[str, list[str]]  # partition -> the splits with rows in it
 
 
 def read_state(lsvq: LsvqSettings) -> LabelState:
@@ -48,6 +49,7 @@ def read_state(lsvq: LsvqSettings) -> LabelState:
         fingerprints={(s, k): plan.fingerprint(k, s) for k in plan.partitions for s in plan.splits},
         rows={k: len(v) for k, v in plan.partitions.items()},
         selected=plan.selected(),
+        splits_in={k: list(dict.fromkeys(r.split for r in v)) for k, v in plan.partitions.items()},
     )
 
 

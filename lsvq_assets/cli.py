@@ -16,7 +16,21 @@ from lsvq_assets.core.errors import UserError
 from lsvq_assets.settings import SETTINGS, Setting, parse_value
 
 log = logging.getLogger("lsvq_assets")
-_handler = logging.StreamHandler()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is now (a caller may have replaced it since import)."""
+
+    @property  # type: ignore[override]
+    def stream(self):  # noqa: ANN201
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # noqa: ANN001
+        pass
+
+
+_handler = _StderrHandler()
 _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
 
 EXIT_CODES_EPILOG = """\

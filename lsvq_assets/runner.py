@@ -101,7 +101,7 @@ def run_partitions(
     else:
         asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [dg.AssetKey(f"lsvq_rows_{s}") for s in splits]
         layout = lsvq.layout()
-        outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in splits)  # noqa: E731
+        outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in state.splits_in.get(k, []))  # noqa: E731
         need = refresh_plan(instance, state, asset_keys, keys)
         todo = [k for k in keys if k in need or not outputs_there(k)]
         report.skipped = [k for k in keys if k not in todo]

@@ -18,6 +18,12 @@ def latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, partitio
     return records[0].asset_materialization.tags.get("dagster/data_version") if records else None
 
 
+def needed_assets(asset_keys: Sequence[dg.AssetKey], splits: Sequence[str]) -> list[dg.AssetKey]:
+    """The partition assets a partition holding rows of ``splits`` must have materialised: a split's
+    rows asset only where the split has rows (a split added later does not make others missing)."""
+    return [a for a in asset_keys if not a.path[-1].startswith("lsvq_rows_") or a.path[-1].removeprefix("lsvq_rows_") in splits]
+
+
 def refresh_plan(instance: dg.DagsterInstance, state: LabelState, asset_keys: Sequence[dg.AssetKey], keys: Sequence[str] | None = None) -> dict[str, str]:
     """Partition -> why it needs a run, in partition order, among ``keys`` (default: the selected ones).
 
@@ -29,7 +35,7 @@ def refresh_plan(instance: dg.DagsterInstance, state: LabelState, asset_keys: Se
     status = {a: instance.get_status_by_partition(a, keys, folder_partitions) or {} for a in asset_keys}
     plan: dict[str, str] = {}
     for key in keys:
-        found = [status[a].get(key) for a in asset_keys]
+        found = [status[a].get(key) for a in needed_assets(asset_keys, state.splits_in.get(key, []))]
         if dg.AssetPartitionStatus.IN_PROGRESS in found:
             continue
         if None in found:
