@@ -1,4 +1,4 @@
-"""Properties of read_manifest and slicing over generated rows (Hypothesis).
+"""Properties of read_manifest and partitioning over generated rows (Hypothesis).
 
 Every data row is either kept or dropped with a reason; kept rows are safe paths under the
 clips directory, in file order; parsing raises nothing but ManifestError.
@@ -7,6 +7,7 @@ clips directory, in file order; parsing raises nothing but ManifestError.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestError, name_problem, read_manifest
-from lsvq_assets.core.slicing import SAFE_KEY, slice_rows
+from lsvq_assets.core.partitioning import SAFE_KEY, folder_key, partition_rows
 from lsvq_assets.core.urls import check_url
 
 HEADER = ["name", "mos", "sd", "n", "url"]
@@ -124,12 +125,38 @@ def test_every_row_is_kept_or_dropped(raw_rows: list[tuple[str, ...]], crlf: boo
     assert [r.index for r in m.rows] == list(range(len(m.rows)))
     assert [r.line for r in m.rows] == sorted(r.line for r in m.rows)
 
-    # and every slice key is a safe Dagster partition key, holding all the kept rows once
-    slices = slice_rows(m.rows, slice_rows=3, max_slice_rows=2)
-    assert sorted(r.index for v in slices.values() for r in v) == list(range(len(m.rows)))
-    for key in slices:
-        base = key.split("~")[0]
-        assert SAFE_KEY.fullmatch(base) and ".." not in key
+    # and every partition key is a safe Dagster partition key, holding all the kept rows once
+    parts = partition_rows([m.rows], flat_chunk_rows=3)
+    assert sorted(r.index for v in parts.values() for r in v) == list(range(len(m.rows)))
+    for key, members in parts.items():
+        assert SAFE_KEY.fullmatch(key) and ".." not in key and "," not in key, key
+        assert len({r.folder for r in members}) == 1  # one folder per partition (or flat names)
+        if members[0].folder:
+            assert key == folder_key(members[0].folder)
+        else:
+            assert key.isdigit() and len(members) <= 3
+    assert len({folder_key(f) for f in {r.folder for r in m.rows if r.folder}}) == len({r.folder for r in m.rows if r.folder})
+
+    # the same rows as two splits (each clip in both): every clip lands in one partition
+    test = [dataclasses.replace(r, split="test") for r in reversed(m.rows)]
+    both = partition_rows([m.rows, test], flat_chunk_rows=3)
+    assert list(both) == list(parts)
+    for key, members in both.items():
+        assert sorted(r.src for r in members if r.split == "train") == sorted(r.src for r in members if r.split == "test")
+        assert [r for r in members if r.split == "train"] == parts[key]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(junk_name, _part, st.text(alphabet=".,~0123456789 a", max_size=12)))
+@example("a...b,c")
+@example("0000")
+@example("..")
+def test_every_folder_gets_a_safe_partition_key(folder: str) -> None:
+    key = folder_key(folder)
+    assert SAFE_KEY.fullmatch(key), key
+    assert ".." not in key and "," not in key  # Dagster reads "a...b" as a range, "a,b" as two keys
+    assert not key.isdigit()  # never a flat chunk's key
+    assert folder_key(folder) == key
 
 
 @settings(max_examples=150, deadline=None)

@@ -13,7 +13,6 @@ import dagster as dg
 import pytest
 
 from lsvq_assets.cli import main
-from lsvq_assets.core.layout import STORE_NAME
 from lsvq_assets.core.rows import ROW_KEYS
 from lsvq_assets.core.tables import ROWS_SCHEMA, read_table, write_table
 from lsvq_assets_tests.corpus import Corpus
@@ -135,7 +134,10 @@ def test_deleting_the_fetch_store_changes_no_byte_of_any_shard(corpus: Corpus, s
     args = ["--manifest-csv", str(corpus.csv), "--full", "--clip-url-template", served.base_url + "/{name}{suffix}"]
     assert cli(work, *args) == 0
     shard, replay = (work / "lsvq.jsonl").read_bytes(), json.loads((work / "lsvq.manifest.json").read_text())
-    (work / STORE_NAME).unlink()
+    states = list(work.glob("partitions/*/fetch-state.json"))
+    assert len(states) == 2
+    for state in states:
+        state.unlink()
     served.reset_log()
     # --verify runs every partition again (re-hashing what is on disk) with no store at all.
     assert cli(work, *args, "--verify") == 0
@@ -188,12 +190,19 @@ def test_a_corrupt_partition_output_is_never_published(corpus: Corpus, served, t
 
 
 def test_old_working_directory_keeps_its_clips(corpus: Corpus, served, tmp_path: Path) -> None:
-    """A directory from before (clips under clips/, a slices/ tree, old store) fetches nothing already there."""
+    """A directory from before (clips under clips/, a slices/ tree, an old SQLite store) fetches
+    nothing already on disk: the clips are verified by hashing; only the permanent failure, which
+    the old store knew, is asked once more."""
     work = tmp_path / "work"
     args = ["--manifest-csv", str(corpus.csv), "--full", "--clip-url-template", served.base_url + "/{name}{suffix}"]
     assert cli(work, *args) == 0
-    shutil.rmtree(work / "partitions")  # only the clips and the fetch store remain, as an old directory has
+    shard = (work / "lsvq.jsonl").read_text().splitlines()
+    shutil.rmtree(work / "partitions")  # only the clips remain, as in a directory of the previous version
     (work / "slices" / "yfcc-batch1~2").mkdir(parents=True)
+    (work / "clip-state.sqlite3").write_bytes(b"SQLite format 3\0")
     served.reset_log()
     assert cli(work, *args) == 0
-    assert served.count() == 0
+    assert [r.path for r in served.requests] == ["ia-batch2/gone.mp4"]
+    again = (work / "lsvq.jsonl").read_text().splitlines()
+    strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "ingested_at_utc"} for x in lines]  # noqa: E731
+    assert strip(again) == strip(shard)

@@ -11,7 +11,7 @@ import pyarrow as pa
 from lsvq_assets.assets.manifest import MANIFEST_FILE, URLS_META
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, counts_md, md_table
 from lsvq_assets.core.locks import describe, slice_lock
-from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.store import FetchState
 from lsvq_assets.core.tables import read_manifest_rows, read_meta, read_table, write_table
 from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeAhead
@@ -124,7 +124,7 @@ def lsvq_clips(
         with slice_lock(layout.lsvq_dir, key, f"lsvq_clips, run {context.run.run_id}", on_wait=waiting):
             ahead = _probe_ahead(prober) if config.probe_ahead else None
             on_fetched = (lambda res: ahead.submit(res.sha256, layout.clip_path(res.src))) if ahead else None
-            with ClipStore(layout.store_path) as store:
+            with FetchState(layout.state_path(key)) as store:
                 if layout.progress_path.is_file():  # the seed's .download-progress.json: private fetch state
                     imported = store.import_seed_progress(layout.progress_path, {r.name: r.src for r in rows})
                     if imported:

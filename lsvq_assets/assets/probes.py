@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, md_table
-from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.store import FetchState
 from lsvq_assets.core.tables import read_table, write_table
 from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeItem, probe_clips
@@ -71,7 +71,7 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
     clips = [c for c in read_table(layout.partition_file(key, CLIPS_FILE)) if c["status"] != FAILED]
     items = [ProbeItem(c["src"], layout.clip_path(c["src"]), c["sha256"], c["size"]) for c in clips]
     impl = prober.prober()
-    with ClipStore(layout.store_path) as store:
+    with FetchState(layout.state_path(key)) as store:
         result = probe_clips(items, impl, store, prober.concurrency)
     table = [
         {"src": it.src, "sha256": it.sha256, **result.probes[it.src]} if it.src in result.probes else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}

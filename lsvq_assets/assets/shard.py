@@ -64,7 +64,15 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
         if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
             pending[key] = pending.get(key, 0) + 1
         elif got["outcome"] == WRITTEN:
-            pairs.append((i, got["line"], json.loads(got["line"])))
+            try:
+                parsed = json.loads(got["line"])
+            except (TypeError, ValueError) as exc:
+                raise dg.Failure(
+                    description=f"partition {key}: the {split} row of {row.src} in {rows_file(split)} is not a JSON line ({exc}); "
+                    f"nothing was published. Run partition {key} again.",
+                    allow_retries=False,
+                ) from None
+            pairs.append((i, got["line"], parsed))
         elif got["outcome"] == DOWNLOAD_FAILED:
             failed.append({"src": row.src, "reason": got["reason"]})
         elif got["outcome"] == BROKEN:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from lsvq_assets.core.errors import UserError
 
-STORE_NAME = "clip-state.sqlite3"
 
 
 @dataclass(frozen=True)
@@ -31,9 +30,9 @@ class Layout:
             clips_dir=base / clips_subdir,
         )
 
-    @property
-    def store_path(self) -> Path:
-        return self.lsvq_dir / STORE_NAME
+    def state_path(self, key: str) -> Path:
+        """The partition's private fetch state (core/store.py)."""
+        return self.partition_file(key, "fetch-state.json")
 
     @property
     def archives_dir(self) -> Path:

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.store import FetchState
 from lsvq_assets.probing.base import BrokenClip, Prober
 
 
@@ -68,7 +68,7 @@ class ProbeAhead:
             if key not in self._futures:  # the same bytes twice (duplicates) are probed once
                 self._futures[key] = self._pool.submit(_probe, self.prober, path)
 
-    def finish(self, store: ClipStore | None) -> int:
+    def finish(self, store: FetchState | None) -> int:
         """Wait for the probes; cache their results in ``store`` (None: drop them). Returns how many."""
         self._pool.shutdown(wait=True)
         results = {}
@@ -85,7 +85,7 @@ class ProbeAhead:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: ClipStore, concurrency: int = 4) -> SliceProbes:
+def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: FetchState, concurrency: int = 4) -> SliceProbes:
     """Probe what the store's probe cache does not know, and cache the new results there.
 
     The cache is private and an optimisation: broken clips are reported in the result (and so in

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
-from lsvq_assets.core.store import ClipRecord, ClipStore, utc_now
+from lsvq_assets.core.store import ClipRecord, FetchState, utc_now
 from lsvq_assets.core.files import remove_stale_temps, sha256_file
 
 
@@ -86,7 +86,7 @@ class _Recorder:
     """
 
     def __init__(
-        self, store: ClipStore, batch: int = 64, interval_s: float = 0.5, on_ok: Callable[[ClipResult], None] | None = None
+        self, store: FetchState, batch: int = 64, interval_s: float = 0.5, on_ok: Callable[[ClipResult], None] | None = None
     ) -> None:
         self.store, self.batch, self.interval_s, self.on_ok = store, batch, interval_s, on_ok
         self.pending: list[ClipRecord] = []
@@ -204,7 +204,7 @@ def _remove_stale_temps(rows: Sequence[ManifestRow], layout: Layout) -> None:
 def ingest_clips(
     rows: Sequence[ManifestRow],
     layout: Layout,
-    store: ClipStore,
+    store: FetchState,
     source: ClipSource,
     *,
     previous: Mapping[str, Mapping] | None = None,
