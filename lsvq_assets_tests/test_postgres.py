@@ -1,7 +1,7 @@
 """The project on a PostgreSQL Dagster instance: ``deploy/dagster-postgres.yaml`` as deployed.
 
-A throwaway server (``pg.py``, one per session, a fresh database per test) stands in for the shared
-database. Each test's ``DAGSTER_HOME`` holds the deploy file itself, its ``DAGSTER_PG_*`` variables
+A throwaway server (``pg.py``, one per session, a fresh database per test: a copy of one where
+Dagster created its tables) stands in for the shared database. Each test's ``DAGSTER_HOME`` holds the deploy file itself, its ``DAGSTER_PG_*`` variables
 pointing at that database, so what is tested is what an operator copies. On it: the operator CLI
 end to end (in-process, ``lsvq_assets.cli.main``), the manifest sensor registering partitions, a
 partition failing on a 503 then run again, and a backfill of the failed partition through the run
@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import gc
 import os
+import re
+import secrets
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +37,7 @@ from lsvq_assets import cli
 from lsvq_assets.definitions import build_defs
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.harness import REPO_ROOT, assert_exact_shard, cli_args
+from lsvq_assets_tests.pg import PgServer
 
 pytestmark = pytest.mark.postgres
 
@@ -88,9 +91,28 @@ def make_home(home: Path, db: dict[str, str], monkeypatch: pytest.MonkeyPatch, e
     return home
 
 
+@pytest.fixture(scope="module")
+def dagster_template(pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A database holding Dagster's tables, created once by opening the deployed instance on it."""
+    name = "dagster_template"
+    db = pg_server.create_database(name)
+    with pytest.MonkeyPatch.context() as mp:
+        make_home(tmp_path_factory.mktemp("template") / "dagster-home", db, mp)
+        with dg.DagsterInstance.get():
+            pass
+    return name
+
+
 @pytest.fixture
-def pg_home(tmp_path: Path, pg_database: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
-    return make_home(tmp_path / "dagster-home", pg_database, monkeypatch)
+def dagster_db(pg_server: PgServer, dagster_template: str, request: pytest.FixtureRequest) -> dict[str, str]:
+    """A fresh database for one test, a copy of the template (much faster than Dagster creating its tables)."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[5:35] + "_" + secrets.token_hex(3)
+    return pg_server.create_database(name, template=dagster_template)
+
+
+@pytest.fixture
+def pg_home(tmp_path: Path, dagster_db: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+    return make_home(tmp_path / "dagster-home", dagster_db, monkeypatch)
 
 
 @pytest.fixture
@@ -137,8 +159,11 @@ def partition_statuses(instance: dg.DagsterInstance, asset: str) -> dict[str, st
 # --- the deploy file ------------------------------------------------------------------------------
 
 
-def test_deploy_file_is_a_valid_postgres_instance(pg_home: Path, pg_database: dict[str, str]) -> None:
-    """Dagster accepts the file's schema; storage is PostgreSQL via psycopg2; the queue's limits are set."""
+def test_deploy_file_is_a_valid_postgres_instance(tmp_path: Path, pg_database: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dagster accepts the file's schema and creates its tables in an empty database; storage is
+    PostgreSQL through psycopg2; the queue's limits are set."""
+    pg_home = make_home(tmp_path / "dagster-home", pg_database, monkeypatch)
+    assert query(pg_database, "SELECT count(*) FROM pg_tables WHERE schemaname = 'public'") == [(0,)]
     config = yaml.safe_load(DEPLOY_YAML.read_text())
     assert config["storage"]["postgres"]["postgres_db"] == {
         "scheme": "postgresql+psycopg2",
@@ -164,7 +189,7 @@ def test_deploy_file_is_a_valid_postgres_instance(pg_home: Path, pg_database: di
 # --- (a) the operator CLI end to end --------------------------------------------------------------
 
 
-def test_cli_end_to_end_records_its_runs_in_postgres(tmp_path: Path, corpus: Corpus, served, pg_home: Path, pg_database: dict[str, str]) -> None:
+def test_cli_end_to_end_records_its_runs_in_postgres(tmp_path: Path, corpus: Corpus, served, pg_home: Path, dagster_db: dict[str, str]) -> None:
     work = tmp_path / "work"
     args = cli_args(work, corpus.csv, served.base_url, "--concurrency", "4")
     assert cli_main(args) == 0
@@ -175,8 +200,8 @@ def test_cli_end_to_end_records_its_runs_in_postgres(tmp_path: Path, corpus: Cor
     assert not list(pg_home.rglob("*.db"))
 
     # One run per partition, then the shard's, all in the runs table; the partition tag the queue limits on.
-    assert runs_in_db(pg_database) == [("SUCCESS", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
-    tagged = query(pg_database, "SELECT value FROM run_tags WHERE key = 'dagster/partition' ORDER BY id")
+    assert runs_in_db(dagster_db) == [("SUCCESS", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
+    tagged = query(dagster_db, "SELECT value FROM run_tags WHERE key = 'dagster/partition' ORDER BY id")
     assert [v for (v,) in tagged] == KEYS
     with dg.DagsterInstance.get() as instance:  # another process opening the same instance sees it all
         assert instance.get_dynamic_partitions(PARTITIONS_DEF) == KEYS
@@ -190,13 +215,13 @@ def test_cli_end_to_end_records_its_runs_in_postgres(tmp_path: Path, corpus: Cor
     served.reset_log()
     assert cli_main(args) == 0
     assert served.count() == 0 and (work / SHARD_FILE).read_bytes() == first
-    assert [s for s, _ in runs_in_db(pg_database)] == ["SUCCESS"] * 6
+    assert [s for s, _ in runs_in_db(dagster_db)] == ["SUCCESS"] * 6
 
 
 # --- (b) the sensor -------------------------------------------------------------------------------
 
 
-def test_sensor_registers_partitions_in_postgres(tmp_path: Path, corpus: Corpus, pg_instance: dg.DagsterInstance, pg_database: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sensor_registers_partitions_in_postgres(tmp_path: Path, corpus: Corpus, pg_instance: dg.DagsterInstance, dagster_db: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     """As the daemon evaluates it, with the resources bound to LSVQ_* as deployed; registrations land in PostgreSQL."""
     for var, value in {"LSVQ_DIR": tmp_path / "lsvq", "LSVQ_MANIFEST_CSV": corpus.csv, "LSVQ_MIN_CSV_ROWS": 1, "LSVQ_MAX_ROWS": 0}.items():
         monkeypatch.setenv(var, str(value))
@@ -214,30 +239,30 @@ def test_sensor_registers_partitions_in_postgres(tmp_path: Path, corpus: Corpus,
             pg_instance.add_dynamic_partitions(request.partitions_def_name, request.partition_keys)
         return data
 
-    assert query(pg_database, "SELECT count(*) FROM dynamic_partitions") == [(0,)]
+    assert query(dagster_db, "SELECT count(*) FROM dynamic_partitions") == [(0,)]
     first = tick(None)
     assert [r.partition_key for r in first.run_requests] == KEYS
-    rows = query(pg_database, "SELECT partitions_def_name, partition FROM dynamic_partitions ORDER BY id")
+    rows = query(dagster_db, "SELECT partitions_def_name, partition FROM dynamic_partitions ORDER BY id")
     assert rows == [(PARTITIONS_DEF, k) for k in KEYS]
     observed = pg_instance.fetch_observations(dg.AssetKey(LABELS_ASSET), limit=100).records
     assert {r.partition_key for r in observed} >= set(KEYS)
 
     again = tick(first.cursor)  # the cursor round-trips; nothing changed, nothing requested
     assert not again.run_requests and again.skip_message
-    assert len(query(pg_database, "SELECT partition FROM dynamic_partitions")) == len(KEYS)
+    assert len(query(dagster_db, "SELECT partition FROM dynamic_partitions")) == len(KEYS)
 
 
 # --- (c) a failed partition, then its re-run ------------------------------------------------------
 
 
 def test_failed_partition_is_recorded_then_the_cli_run_again_fetches_only_what_was_missing(
-    tmp_path: Path, corpus: Corpus, served, pg_home: Path, pg_database: dict[str, str]
+    tmp_path: Path, corpus: Corpus, served, pg_home: Path, dagster_db: dict[str, str]
 ) -> None:
     work = tmp_path / "work"
     args = cli_args(work, corpus.csv, served.base_url, "--concurrency", "4")
     served.set_fault(FAILING_CLIP, "503", forever=True)
     assert cli_main(args) == 1  # transient: run again
-    assert runs_in_db(pg_database) == [("FAILURE", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
+    assert runs_in_db(dagster_db) == [("FAILURE", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
     with dg.DagsterInstance.get() as instance:
         assert partition_statuses(instance, "lsvq_clips") == {KEYS[0]: "FAILED", KEYS[1]: "MATERIALIZED"}
 
@@ -246,24 +271,24 @@ def test_failed_partition_is_recorded_then_the_cli_run_again_fetches_only_what_w
     assert cli_main(args) == 0
     assert {r.path for r in served.requests} == {FAILING_CLIP}  # only what was missing
     assert_exact_shard(work, corpus)
-    assert runs_in_db(pg_database)[3:] == [("SUCCESS", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
+    assert runs_in_db(dagster_db)[3:] == [("SUCCESS", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
     with dg.DagsterInstance.get() as instance:
         for asset in PARTITION_ASSETS:
             assert partition_statuses(instance, asset) == dict.fromkeys(KEYS, "MATERIALIZED"), asset
 
 
 @pytest.fixture
-def queue_home(tmp_path: Path, pg_database: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
+def queue_home(tmp_path: Path, dagster_db: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Path:
     """The deploy file with one change: runs the queue launches execute in this process, synchronously.
 
     The queued run coordinator, its limits and the pools stay as deployed.
     """
     assert "run_launcher" not in yaml.safe_load(DEPLOY_YAML.read_text())
-    return make_home(tmp_path / "dagster-home", pg_database, monkeypatch, extra_yaml=SYNC_LAUNCHER)
+    return make_home(tmp_path / "dagster-home", dagster_db, monkeypatch, extra_yaml=SYNC_LAUNCHER)
 
 
 def test_backfill_of_the_failed_partition_through_the_run_queue(
-    tmp_path: Path, corpus: Corpus, served, queue_home: Path, pg_database: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, corpus: Corpus, served, queue_home: Path, dagster_db: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The UI's "failed and missing" backfill on the PostgreSQL instance, as the daemon runs it:
     the backfill submits runs to the queue, the queue launches them, one per partition key at a time."""
@@ -284,7 +309,7 @@ def test_backfill_of_the_failed_partition_through_the_run_queue(
         job = build_defs().resolve_job_def(PARTITION_JOB)
         for key in KEYS:
             job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
-        assert runs_in_db(pg_database) == [("FAILURE", KEYS[0]), ("SUCCESS", KEYS[1])]
+        assert runs_in_db(dagster_db) == [("FAILURE", KEYS[0]), ("SUCCESS", KEYS[1])]
         failed = [k for k, s in partition_statuses(instance, PARTITION_ASSETS[-1]).items() if s in ("FAILED", None)]
         assert failed == [KEYS[0]]
 
@@ -323,4 +348,4 @@ def test_backfill_of_the_failed_partition_through_the_run_queue(
         assert [instance.get_backfill(b).status for b in backfills] == [BulkActionStatus.COMPLETED_SUCCESS] * 2
         for asset in PARTITION_ASSETS:
             assert partition_statuses(instance, asset) == dict.fromkeys(KEYS, "MATERIALIZED"), asset
-    assert [s for s, _ in runs_in_db(pg_database)] == ["FAILURE", "SUCCESS", "SUCCESS", "SUCCESS"]
+    assert [s for s, _ in runs_in_db(dagster_db)] == ["FAILURE", "SUCCESS", "SUCCESS", "SUCCESS"]
