@@ -21,7 +21,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
-import psycopg2
 import pytest
 import yaml
 from dagster._core.execution.backfill import BULK_ACTION_TERMINAL_STATUSES, BulkActionStatus
@@ -124,6 +123,8 @@ def pg_instance(pg_home: Path) -> Iterator[dg.DagsterInstance]:
 
 def query(db: dict[str, str], sql: str, *args: object) -> list[tuple]:
     """Rows straight from the PostgreSQL database (not through Dagster)."""
+    import psycopg2  # with dagster-postgres (the fixtures skip without it)
+
     conn = psycopg2.connect(host=db["hostname"], port=db["port"], user=db["username"], password=db["password"], dbname=db["db_name"])
     try:
         with conn.cursor() as cur:
