@@ -43,7 +43,8 @@ pytestmark = pytest.mark.postgres
 # --- names the package defines (one place to follow a rename) -------------------------------------
 PARTITIONS_DEF = "lsvq_slices"  # -> lsvq_folders
 LABELS_ASSET = "lsvq_manifest_csv"  # -> lsvq_labels_train (the sensor observes it per partition)
-PARTITION_ASSETS = ["lsvq_manifest", "lsvq_clips", "lsvq_probes", "lsvq_shard_rows"]  # -> ..., lsvq_rows
+CLIPS_ASSET = "lsvq_clips"
+PARTITION_ASSETS = ["lsvq_manifest", CLIPS_ASSET, "lsvq_probes", "lsvq_shard_rows"]  # -> ..., lsvq_rows
 SHARD_ASSET = "lsvq_shard"  # -> lsvq_shard_train
 PARTITION_JOB = "lsvq_slice_job"
 SENSOR = "lsvq_manifest_sensor"
@@ -265,7 +266,7 @@ def test_failed_partition_is_recorded_then_the_cli_run_again_fetches_only_what_w
     assert cli_main(args) == 1  # transient: run again
     assert runs_in_db(dagster_db) == [("FAILURE", KEYS[0]), ("SUCCESS", KEYS[1]), ("SUCCESS", None)]
     with dg.DagsterInstance.get() as instance:
-        assert partition_statuses(instance, "lsvq_clips") == {KEYS[0]: "FAILED", KEYS[1]: "MATERIALIZED"}
+        assert partition_statuses(instance, CLIPS_ASSET) == {KEYS[0]: "FAILED", KEYS[1]: "MATERIALIZED"}
 
     served.clear_faults()
     served.reset_log()
