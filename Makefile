@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-ui test test-quick test-browser bench
+.PHONY: install demo demo-ui test test-quick test-postgres test-browser bench
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ demo-ui: $(STAMP)
 ## make test: set up the virtual environment and run the whole suite (what .ci/run calls)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+## make test-postgres: only the tests on a PostgreSQL instance (deploy/dagster-postgres.yaml on a throwaway
+## server started from Debian's postgresql binaries; they skip without them, fail with LSVQ_REQUIRE_POSTGRES=1)
+test-postgres: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m postgres lsvq_assets_tests
 
 ## make test-quick: without the long fault-injection tests
 test-quick: $(STAMP)

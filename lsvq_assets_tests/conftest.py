@@ -1,12 +1,18 @@
-"""Shared fixtures: generated clips, a loopback HTTP server with faults, a generated corpus."""
+"""Shared fixtures: generated clips, a loopback HTTP server with faults, a generated corpus, a PostgreSQL server."""
 
 from __future__ import annotations
+
+import os
+import re
+import secrets
+from collections.abc import Iterator
 
 import pytest
 
 from lsvq_assets_tests.clipgen import broken_factory, clip_factory  # noqa: F401  (fixtures)
 from lsvq_assets_tests.corpus import Corpus, build_corpus
 from lsvq_assets_tests.loopback import LoopbackServer, loopback  # noqa: F401  (fixture)
+from lsvq_assets_tests.pg import REQUIRE_ENV, PgServer, pg_unavailable, start_server
 
 
 @pytest.fixture(scope="session")
@@ -20,3 +26,28 @@ def served(corpus: Corpus):
     """A loopback server over the corpus, fresh per test (faults and request log start empty)."""
     with LoopbackServer(corpus.root) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (lsvq_assets_tests/pg.py), stopped and removed at the end.
+
+    Skips with the reason when it cannot run here, or fails instead when LSVQ_REQUIRE_POSTGRES=1 (CI).
+    """
+    reason = pg_unavailable()
+    if reason is not None:
+        if os.environ.get(REQUIRE_ENV) == "1":
+            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_database(pg_server: PgServer, request: pytest.FixtureRequest) -> dict[str, str]:
+    """A fresh database on the session's server for one test: its connection fields."""
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
+    return pg_server.create_database(name)
