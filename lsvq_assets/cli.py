@@ -29,6 +29,16 @@ class _StderrHandler(logging.StreamHandler):
     def stream(self, value) -> None:  # noqa: ANN001
         pass
 
+    def emit(self, record: logging.LogRecord) -> None:
+        from lsvq_assets import progress
+
+        try:
+            if progress.write_line(self.format(record), sys.stderr):  # above the progress bars
+                return
+        except Exception:  # noqa: BLE001 - fall back to a plain line
+            pass
+        super().emit(record)
+
 
 _handler = _StderrHandler()
 _handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))

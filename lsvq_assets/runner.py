@@ -14,6 +14,7 @@ import dagster as dg
 
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
+from lsvq_assets import progress
 from lsvq_assets.automation import PARTITION_JOB
 from lsvq_assets.checks import LEAKAGE_CHECK
 from lsvq_assets.core.partitioning import Plan
@@ -109,15 +110,21 @@ def run_partitions(
             log.info("%d of %d partitions are current (label rows, outputs and last run unchanged): not run again", len(report.skipped), len(keys))
     observe(instance, state, todo)
     job = defs.resolve_job_def(PARTITION_JOB)
-    for n, key in enumerate(todo, 1):
-        result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
-        if not result.success and _interrupted(result):
-            raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
-        if result.success:
-            log.info("partition %d/%d %s: done (run %s)", n, len(todo), key, result.run_id)
-        else:
-            report.failed[key] = _failure_message(result)
-            log.warning("partition %d/%d %s: FAILED (run %s): %s", n, len(todo), key, result.run_id, report.failed[key])
+    board = progress.Board(sum(len({r.src for r in plan.partitions[k]}) for k in todo), log=log.info)
+    progress.install(board)
+    try:
+        for n, key in enumerate(todo, 1):
+            result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+            if not result.success and _interrupted(result):
+                raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
+            if result.success:
+                log.info("partition %d/%d %s: done (run %s)", n, len(todo), key, result.run_id)
+            else:
+                report.failed[key] = _failure_message(result)
+                log.warning("partition %d/%d %s: FAILED (run %s): %s", n, len(todo), key, result.run_id, report.failed[key])
+    finally:
+        progress.install(None)
+        board.close()
     shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
     result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(instance=instance, run_config=shard_config, tags=tags, raise_on_error=False)
     if not result.success and _interrupted(result):

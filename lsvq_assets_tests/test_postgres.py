@@ -41,14 +41,14 @@ from lsvq_assets_tests.pg import PgServer
 pytestmark = pytest.mark.postgres
 
 # --- names the package defines (one place to follow a rename) -------------------------------------
-PARTITIONS_DEF = "lsvq_slices"  # -> lsvq_folders
-LABELS_ASSET = "lsvq_manifest_csv"  # -> lsvq_labels_train (the sensor observes it per partition)
+PARTITIONS_DEF = "lsvq_folders"
+LABELS_ASSET = "lsvq_labels_train"  # the sensor observes it per partition
 CLIPS_ASSET = "lsvq_clips"
-PARTITION_ASSETS = ["lsvq_manifest", CLIPS_ASSET, "lsvq_probes", "lsvq_shard_rows"]  # -> ..., lsvq_rows
-SHARD_ASSET = "lsvq_shard"  # -> lsvq_shard_train
-PARTITION_JOB = "lsvq_slice_job"
+PARTITION_ASSETS = ["lsvq_manifest", CLIPS_ASSET, "lsvq_probes", "lsvq_rows_train"]
+SHARD_ASSET = "lsvq_shard_train"
+PARTITION_JOB = "lsvq_partition_job"
 SENSOR = "lsvq_manifest_sensor"
-PARTITION_DIR = "slices"  # per-partition outputs under <lsvq_dir>/<PARTITION_DIR>/<key>/ -> partitions
+PARTITION_DIR = "partitions"  # per-partition outputs under <lsvq_dir>/<PARTITION_DIR>/<key>/
 SHARD_FILE, REPLAY_FILE = "lsvq.jsonl", "lsvq.manifest.json"  # the CLI's default outputs in --lsvq-dir
 
 DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster-postgres.yaml"

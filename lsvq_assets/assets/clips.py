@@ -15,6 +15,7 @@ from lsvq_assets.core.store import FetchState
 from lsvq_assets.core.tables import read_manifest_rows, read_meta, read_table, write_table
 from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeAhead
+from lsvq_assets.progress import partition_progress
 from lsvq_assets.resources import ClipSourceResource, LsvqSettings, ProbeResource
 from lsvq_assets.sources.base import FAILED, SliceClips, ingest_clips
 
@@ -129,6 +130,7 @@ def lsvq_clips(
                     imported = store.import_seed_progress(layout.progress_path, {r.name: r.src for r in rows})
                     if imported:
                         context.log.info(f"imported {imported} clip states from {layout.progress_path}")
+                progress = partition_progress(key, len(rows), context.log.info)
                 try:
                     result = ingest_clips(
                         rows,
@@ -139,11 +141,14 @@ def lsvq_clips(
                         retry_failed=config.retry_failed,
                         verify=config.verify,
                         on_fetched=on_fetched,
+                        on_progress=progress.update,
                     )
                 except BaseException:
                     if ahead:
                         ahead.cancel()
                     raise
+                finally:
+                    progress.close()
                 t = time.monotonic()
                 probed_ahead = ahead.finish(store) if ahead else 0
                 probe_wait_s = time.monotonic() - t

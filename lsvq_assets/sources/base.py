@@ -86,9 +86,14 @@ class _Recorder:
     """
 
     def __init__(
-        self, store: FetchState, batch: int = 64, interval_s: float = 0.5, on_ok: Callable[[ClipResult], None] | None = None
+        self,
+        store: FetchState,
+        batch: int = 64,
+        interval_s: float = 0.5,
+        on_ok: Callable[[ClipResult], None] | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
-        self.store, self.batch, self.interval_s, self.on_ok = store, batch, interval_s, on_ok
+        self.store, self.batch, self.interval_s, self.on_ok, self.on_progress = store, batch, interval_s, on_ok, on_progress
         self.pending: list[ClipRecord] = []
         self.results: dict[str, ClipResult] = {}
         self.lock = threading.Lock()
@@ -119,6 +124,8 @@ class _Recorder:
             self._write(batch)
         if res.ok and self.on_ok is not None:
             self.on_ok(res)
+        if self.on_progress is not None:
+            self.on_progress(1, res.size or 0 if res.ok else 0)
 
     def _take_locked(self) -> list[ClipRecord]:
         batch, self.pending, self.last = self.pending, [], time.monotonic()
@@ -211,6 +218,7 @@ def ingest_clips(
     retry_failed: bool = False,
     verify: bool = False,
     on_fetched: Callable[[ClipResult], None] | None = None,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> SliceClips:
     """Bring a partition's clips into place through ``source``, recording every outcome in ``store``.
 
@@ -219,7 +227,8 @@ def ingest_clips(
     knows a clip (a run that was interrupted before writing its table), and may be deleted.
 
     ``on_fetched`` is called (from the source's threads) for every clip that landed, while the
-    rest of the slice is still downloading.
+    rest of the partition is still downloading; ``on_progress(clips, bytes)`` for every clip
+    settled (those already done count at once).
 
     The caller is the slice's only writer (``lsvq_clips`` holds the slice lock): temp files of the
     slice's clips left by a killed run are removed first.
@@ -255,7 +264,9 @@ def ingest_clips(
     if adopted:
         store.record_many(adopted)
     store_s += time.monotonic() - t
-    recorder = _Recorder(store, on_ok=on_fetched)
+    if on_progress is not None and len(rows) > len(to_fetch):
+        on_progress(len(rows) - len(to_fetch), 0)
+    recorder = _Recorder(store, on_ok=on_fetched, on_progress=on_progress)
     fetch_started = time.monotonic()
     if to_fetch:
         try:
