@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shlex
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,7 @@ def run_partitions(
     run_config: dict | None = None,
     tags: dict | None = None,
     force: bool = False,
+    chosen: bool = False,
 ) -> CliReport:
     """Materialise each partition that is not current (one run each), then every split's shard."""
     from lsvq_assets.automation import SHARDS_JOB, read_state, observe
@@ -103,7 +105,9 @@ def run_partitions(
         asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [dg.AssetKey(f"lsvq_rows_{s}") for s in splits]
         layout = lsvq.layout()
         outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in state.splits_in.get(k, []))  # noqa: E731
-        need = refresh_plan(instance, state, asset_keys, keys)
+        # Partitions the operator named run even when a run of theirs looks in progress (a CLI
+        # killed on another host leaves one); others with a live run elsewhere are left alone.
+        need = refresh_plan(instance, state, asset_keys, keys, skip_in_progress=not chosen)
         todo = [k for k in keys if k in need or not outputs_there(k)]
         report.skipped = [k for k in keys if k not in todo]
         if report.skipped:
@@ -142,33 +146,48 @@ def run_partitions(
     return report
 
 
-def fail_abandoned_runs(instance: dg.DagsterInstance, lsvq_dir: Path) -> list[str]:
-    """Mark failed the runs a CLI on ``lsvq_dir`` started and never ended (its process was killed).
+def _alive(pid: str) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
-    Called with the working directory's CLI lock held, so no live CLI owns such a run. Without
-    this the UI would show them (and their partitions) as in progress forever.
+
+def fail_abandoned_runs(instance: dg.DagsterInstance, lsvq_dir: Path) -> list[str]:
+    """Mark failed the runs a CLI on this host and ``lsvq_dir`` started and never ended (its process was killed).
+
+    A run whose CLI process is still alive (another CLI given other ``--partition`` keys) is left
+    alone. Without this the UI would show them (and their partitions) as in progress forever.
     """
     records = instance.get_run_records(
         filters=dg.RunsFilter(
             statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
-            tags={"lsvq/entry_point": "cli", "lsvq/lsvq_dir": str(lsvq_dir)},
+            tags={"lsvq/entry_point": "cli", "lsvq/lsvq_dir": str(lsvq_dir), "lsvq/host": socket.gethostname()},
         )
     )
-    for rec in records:
-        run = rec.dagster_run
+    dead = [rec.dagster_run for rec in records if not _alive(rec.dagster_run.tags.get("lsvq/pid", ""))]
+    for run in dead:
         instance.report_run_failed(
             run,
             message=f"The CLI process that ran this (pid {run.tags.get('lsvq/pid', '?')}) ended without finishing it "
             f"(killed?); marked failed by the next CLI run on {lsvq_dir} (pid {os.getpid()}).",
         )
         log.warning("run %s was left unfinished by a killed CLI run: marked failed", run.run_id)
-    return [rec.dagster_run.run_id for rec in records]
+    return [run.run_id for run in dead]
 
 
-def run_cli(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], wait: bool = False) -> int:
+def run_cli(
+    config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], wait: bool = False, chosen: bool = False
+) -> int:
     """The CLI's full run, holding the working directory's CLI lock; returns its exit code.
 
     Another CLI run on the same working directory: ``LockHeld`` (exit 3), or with ``wait`` a wait for it.
+    With ``chosen`` partitions (``--partition``) no directory lock is taken: several CLIs may each run
+    their own partitions at once (each partition still has one writer: its partition lock here, the
+    run queue's one-run-per-partition limit across hosts).
     """
     from lsvq_assets.resources import LsvqSettings
 
@@ -178,11 +197,13 @@ def run_cli(config: dict, plan: Plan, keys: list[str], *, log_level: str, option
     def waiting(holder: dict) -> None:
         log.warning("another run is using %s (%s): waiting for it to finish", lsvq_dir, describe(holder))
 
+    if chosen:
+        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=True)
     with cli_lock(lsvq_dir, argv, wait=wait, on_wait=waiting):
         return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv)
 
 
-def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str]) -> int:
+def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], chosen: bool = False) -> int:
     from lsvq_assets.resources import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
@@ -199,6 +220,7 @@ def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, op
         "lsvq/entry_point": "cli",
         "lsvq/lsvq_dir": str(layout.lsvq_dir),
         "lsvq/pid": str(os.getpid()),
+        "lsvq/host": socket.gethostname(),
     }
     log.info(
         "%s; %d of %d partitions hold the rows under the cap; Dagster instance %s",
@@ -206,7 +228,9 @@ def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, op
         len(keys), len(plan.partitions), instance.root_directory,
     )
     try:
-        report = run_partitions(config, plan, keys, instance, run_config=run_config, tags=tags, force=bool(options.get("retry_failed") or options.get("verify")))
+        report = run_partitions(
+            config, plan, keys, instance, run_config=run_config, tags=tags, force=bool(options.get("retry_failed") or options.get("verify")), chosen=chosen
+        )
     except ShardFailed as exc:
         print(f"error: {exc}; the partitions are recorded: run the same command again.", file=sys.stderr)
         return EXIT_TRANSIENT

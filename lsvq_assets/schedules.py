@@ -24,7 +24,9 @@ def needed_assets(asset_keys: Sequence[dg.AssetKey], splits: Sequence[str]) -> l
     return [a for a in asset_keys if not a.path[-1].startswith("lsvq_rows_") or a.path[-1].removeprefix("lsvq_rows_") in splits]
 
 
-def refresh_plan(instance: dg.DagsterInstance, state: LabelState, asset_keys: Sequence[dg.AssetKey], keys: Sequence[str] | None = None) -> dict[str, str]:
+def refresh_plan(
+    instance: dg.DagsterInstance, state: LabelState, asset_keys: Sequence[dg.AssetKey], keys: Sequence[str] | None = None, skip_in_progress: bool = True
+) -> dict[str, str]:
     """Partition -> why it needs a run, in partition order, among ``keys`` (default: the selected ones).
 
     ``missing``: one of its assets was never materialised; ``failed``: the latest run planned for one
@@ -37,6 +39,9 @@ def refresh_plan(instance: dg.DagsterInstance, state: LabelState, asset_keys: Se
     for key in keys:
         found = [status[a].get(key) for a in needed_assets(asset_keys, state.splits_in.get(key, []))]
         if dg.AssetPartitionStatus.IN_PROGRESS in found:
+            if skip_in_progress:
+                continue
+            plan[key] = "in-progress"
             continue
         if None in found:
             plan[key] = "missing"

@@ -206,3 +206,31 @@ def test_old_working_directory_keeps_its_clips(corpus: Corpus, served, tmp_path:
     again = (work / "lsvq.jsonl").read_text().splitlines()
     strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k != "ingested_at_utc"} for x in lines]  # noqa: E731
     assert strip(again) == strip(shard)
+
+
+def test_two_clis_on_different_partitions_at_once_then_a_third_assembles(corpus: Corpus, served, tmp_path: Path) -> None:
+    """Hosts split the work by hand: each CLI runs its --partition keys (no directory lock between
+    them), the shards are assembled from every partition materialised so far; no clip twice."""
+    import subprocess
+    import sys
+
+    from lsvq_assets_tests.harness import cli_args, cli_env
+
+    work = tmp_path / "work"
+    (work / ".dagster").mkdir(parents=True)
+    dg.DagsterInstance.from_config(str(work / ".dagster")).dispose()  # the shared instance exists before the hosts start
+    base = cli_args(work, corpus.csv, served.base_url)
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "lsvq_assets", *base, "--partition", key], env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for key in ("yfcc-batch1", "ia-batch2")
+    ]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1] for o in outs]
+    counts = {}
+    for r in served.requests:
+        counts[r.path] = counts.get(r.path, 0) + 1
+    assert counts and max(counts.values()) == 1  # every clip requested once
+    served.reset_log()
+    assert cli(work, "--manifest-csv", str(corpus.csv), "--full", "--clip-url-template", served.base_url + "/{name}{suffix}") == 0
+    assert served.count() == 0
+    assert srcs(work / "lsvq.jsonl") == [c.src for c in corpus.by_kind("ok")]
