@@ -1,10 +1,16 @@
-"""The demo's corpus: real tiny clips in LSVQ-style folders, a PatchVQ-style CSV, known failures.
+"""The demo's corpus: real tiny clips in LSVQ-style folders, a train and a test split, known failures.
 
-``ensure_corpus(directory)`` writes (once) ``directory/served/<folder>/<stem>.mp4`` and
-``directory/LSVQ_whole_train.csv``; a later call with the same generator version reuses them.
+``ensure_corpus(directory)`` writes (once) ``directory/served/<folder>/<stem>.mp4`` and two label
+files drawing clips from the SAME four folders, as LSVQ's real splits do: the train split as a
+PatchVQ-style ``LSVQ_whole_train.csv`` (names without an extension) and the test split as a
+FAST-VQA/DOVER-style ``labels_test.txt`` (``<folder>/<stem>.mp4, -1, -1, <mos>``, no header).
+About a quarter of the clips that play go to test, the rest to train. A later call with the same
+generator version reuses them.
+
 Clips are encoded with the test suite's helpers (``lsvq_assets_tests.clipgen``), so they are real
-H.264 / HEVC / VP9 / MPEG-4 videos of a few frames (a few KB each). Some rows have no file (the
-server answers 404), two files are not videos, and one is a byte copy of another (a dedup).
+H.264 / HEVC / VP9 / MPEG-4 videos of a few frames (a few KB each). Within train, on purpose, some
+rows have no file (the server answers 404), two files are not videos, and one is a byte copy of
+another train clip (a dedup). No clip is in both splits, so the leakage check passes.
 
     python -m demo.make_corpus .demo/corpus
 """
@@ -23,11 +29,14 @@ from pathlib import Path
 
 from lsvq_assets_tests.clipgen import ClipSpec, encode_clip, write_broken
 
-GENERATOR_VERSION = 1  # bump when the plan below changes: an existing corpus is then rebuilt
-CSV_NAME = "LSVQ_whole_train.csv"
+GENERATOR_VERSION = 2  # bump when the plan below changes: an existing corpus is then rebuilt (2: train + test)
+CSV_NAME = "LSVQ_whole_train.csv"  # the train split
+TEST_LABELS_NAME = "labels_test.txt"  # the test split
+LABEL_FILES = {"train": CSV_NAME, "test": TEST_LABELS_NAME}
 STAMP_NAME = "corpus.json"
 
-# Rows per folder, in manifest order. Each folder is one slice (one Dagster partition).
+# Clips per folder, in generation order. Each folder is one partition (one Dagster partition key),
+# holding that folder's rows of both splits.
 FOLDERS = {"yfcc-batch1": 320, "yfcc-batch2": 260, "ia-batch1": 250, "backup": 194}
 # Names as odd as the real ones: dots, runs of dots, a name that already ends in ".mp4".
 SPECIAL_STEMS = {
@@ -40,6 +49,7 @@ RATES = ["25", "30000/1001", "24"]
 MISSING_EVERY, MISSING_AT = 85, 40  # rows whose clip the server does not have: HTTP 404
 BROKEN = {"ia-batch1": ("truncated", 17), "backup": ("audio-only", 5)}  # folder -> (kind, row in folder)
 DUPLICATE = ("backup", 11, "yfcc-batch1", 0)  # backup's row 11 is a byte copy of yfcc-batch1's row 0
+TEST_EVERY, TEST_AT = 4, 3  # a clip that plays, at generation index n % 4 == 3, goes to the test split
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,7 @@ class DemoClip:
     spec: ClipSpec
     broken_kind: str = ""
     copy_of: str = ""  # "dup": the name whose bytes it copies
+    split: str = "train"  # "train" | "test"
 
     @property
     def src(self) -> str:
@@ -60,9 +71,14 @@ class DemoClip:
 class DemoCorpus:
     directory: Path
     served: Path  # the tree the loopback server serves
-    csv: Path
-    rows: int
-    kinds: dict[str, int]
+    label_files: dict[str, Path]  # split -> label file: train (CSV), test (labels.txt)
+    rows: dict[str, int]  # split -> rows
+    kinds: dict[str, int]  # train's rows by kind (test holds only clips that play)
+
+    @property
+    def csv(self) -> Path:
+        """The train split's CSV."""
+        return self.label_files["train"]
 
 
 def _stem(folder: str, i: int, rng: random.Random) -> str:
@@ -77,7 +93,7 @@ def _stem(folder: str, i: int, rng: random.Random) -> str:
 
 
 def plan() -> list[DemoClip]:
-    """Every row of the demo manifest, in order; deterministic."""
+    """Every clip of the demo, in generation order, each with its split; deterministic."""
     rng = random.Random(20210)
     clips: list[DemoClip] = []
     n = 0
@@ -95,7 +111,8 @@ def plan() -> list[DemoClip]:
             elif n % MISSING_EVERY == MISSING_AT:
                 clips.append(DemoClip(name, mos, "missing", spec))
             else:
-                clips.append(DemoClip(name, mos, "ok", spec))
+                split = "test" if n % TEST_EVERY == TEST_AT else "train"
+                clips.append(DemoClip(name, mos, "ok", spec, split=split))
             n += 1
     return clips
 
@@ -104,13 +121,20 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _corpus(directory: Path, stamp: dict) -> DemoCorpus:
+    files = {split: directory / name for split, name in LABEL_FILES.items()}
+    return DemoCorpus(directory, directory / "served", files, stamp["rows"], stamp["kinds"])
+
+
 def load_corpus(directory: Path) -> DemoCorpus | None:
     """The corpus already in ``directory`` if it is complete and of this generator version."""
     try:
         stamp = json.loads((directory / STAMP_NAME).read_text())
-        if stamp["version"] != GENERATOR_VERSION or _sha256(directory / CSV_NAME) != stamp["csv_sha256"]:
+        if stamp["version"] != GENERATOR_VERSION:
             return None
-        return DemoCorpus(directory, directory / "served", directory / CSV_NAME, stamp["rows"], stamp["kinds"])
+        if any(_sha256(directory / name) != stamp["label_sha256"][split] for split, name in LABEL_FILES.items()):
+            return None
+        return _corpus(directory, stamp)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -126,12 +150,19 @@ def _write(directory: Path, clips: list[DemoClip]) -> None:
         elif clip.kind == "dup":
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(served / (clip.copy_of + ".mp4"), dest)
-    # The shape of PatchVQ's labels_train_test.csv (CRLF, as some copies are).
+    # train: the shape of PatchVQ's LSVQ_whole_train.csv (CRLF, as some copies are); names
+    # without an extension, the clip is name + ".mp4".
     with open(directory / CSV_NAME, "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\r\n")
         writer.writerow(["name", "height", "width", "mos", "frame_number"])
         for clip in clips:
-            writer.writerow([clip.name, clip.spec.height, clip.spec.width, repr(clip.mos), clip.spec.frames])
+            if clip.split == "train":
+                writer.writerow([clip.name, clip.spec.height, clip.spec.width, repr(clip.mos), clip.spec.frames])
+    # test: the shape of FAST-VQA/DOVER's labels_test.txt; names carry the file's extension.
+    with open(directory / TEST_LABELS_NAME, "w", newline="") as fh:
+        for clip in clips:
+            if clip.split == "test":
+                fh.write(f"{clip.src}, -1, -1, {clip.mos!r}\n")
 
 
 def ensure_corpus(directory: Path) -> tuple[DemoCorpus, bool]:
@@ -145,12 +176,16 @@ def ensure_corpus(directory: Path) -> tuple[DemoCorpus, bool]:
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     _write(partial, clips)
-    kinds = dict(Counter(c.kind for c in clips))
-    stamp = {"version": GENERATOR_VERSION, "rows": len(clips), "kinds": kinds, "csv_sha256": _sha256(partial / CSV_NAME)}
+    stamp = {
+        "version": GENERATOR_VERSION,
+        "rows": {split: sum(c.split == split for c in clips) for split in LABEL_FILES},
+        "kinds": dict(Counter(c.kind for c in clips if c.split == "train")),
+        "label_sha256": {split: _sha256(partial / name) for split, name in LABEL_FILES.items()},
+    }
     (partial / STAMP_NAME).write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     shutil.rmtree(directory, ignore_errors=True)
     partial.rename(directory)
-    return DemoCorpus(directory, directory / "served", directory / CSV_NAME, len(clips), kinds), True
+    return _corpus(directory, stamp), True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,7 +194,9 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: python -m demo.make_corpus DIRECTORY", file=sys.stderr)
         return 2
     corpus, generated = ensure_corpus(Path(args[0]))
-    print(f"{'generated' if generated else 'reused'} {corpus.rows} rows {corpus.kinds}: {corpus.csv}")
+    for split, path in corpus.label_files.items():
+        print(f"{'generated' if generated else 'reused'} {split}: {corpus.rows[split]} rows: {path}")
+    print(f"train rows by kind: {corpus.kinds}")
     return 0
 
 

@@ -1,15 +1,17 @@
-"""`make demo`: generate a small LSVQ-like corpus, serve it on loopback, ingest it through Dagster.
+"""`make demo`: generate a small LSVQ-like corpus (a train and a test split), serve it on loopback,
+ingest both splits through Dagster.
 
-    python -m demo.run_demo            # make demo: corpus, clip server, the CLI over every slice
+    python -m demo.run_demo            # make demo: corpus, clip server, the CLI over every partition
     python -m demo.run_demo --serve    # make demo-ui: the clip server again + `dagster dev` on the
                                        # same instance, so runs started from the UI can download
 
-Everything lives in ``.demo/`` (git-ignored): ``corpus/`` (the served clips and the CSV),
-``lsvq/`` (the working directory: clips, clip-state store, slices, lsvq.jsonl), ``dagster_home/``
-(the persistent Dagster instance both the CLI and the UI use; its dagster.yaml is a copy of
+Everything lives in ``.demo/`` (git-ignored): ``corpus/`` (the served clips and the two label
+files), ``lsvq/`` (the working directory: clips, the fetch store, ``partitions/<folder>/``,
+``lsvq_train.jsonl``, ``lsvq_test.jsonl`` and their replay manifests), ``dagster_home/`` (the
+persistent Dagster instance both the CLI and the UI use; its dagster.yaml is a copy of
 ``deploy/dagster.yaml``, written once) and ``demo.json`` (the clip server's port, kept across runs
-so the URLs the runs were given stay valid). Re-running is safe: the corpus is reused, done clips
-are not fetched again and the shard comes out byte-identical.
+so the URLs the runs were given stay valid, and the shards' sha256). Re-running is safe: the corpus
+is reused, nothing is fetched again and both shards come out byte-identical.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from demo.make_corpus import FOLDERS, DemoCorpus, ensure_corpus, load_corpus
 from lsvq_assets import cli
-from lsvq_assets.settings import ENV_VARS
+from lsvq_assets.settings import ui_command_env
 from lsvq_assets_tests.loopback import LoopbackServer, _Handler, _Server
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,7 +40,7 @@ DEFAULT_DIR = REPO / ".demo"
 HOST = "127.0.0.1"
 DEFAULT_CLIP_PORT = 8431
 DEFAULT_UI_PORT = 3000
-PATH_FIELDS = ("lsvq_dir", "manifest_csv", "output", "manifest_out", "local_clips", "progress_path")
+MIN_ROWS = 100  # the demo's label files are small: the CLI refuses files under 1,000 rows by default
 
 DEPLOY_YAML = REPO / "deploy" / "dagster.yaml"  # the project's sample instance config, used when present
 DAGSTER_YAML = """\
@@ -46,7 +48,7 @@ DAGSTER_YAML = """\
 # Storage: SQLite files in this directory. `make demo-ui` runs `dagster dev` on it.
 concurrency:
   runs:
-    max_concurrent_runs: 2   # backfills from the UI: two slices at a time on a laptop
+    max_concurrent_runs: 2   # backfills from the UI: two partitions at a time on a laptop
 telemetry:
   enabled: false
 """
@@ -123,35 +125,49 @@ def _ensure_home(paths: Paths) -> None:
 
 
 def cli_argv(paths: Paths, corpus: DemoCorpus, port: int) -> list[str]:
-    """The CLI's arguments for the demo: every slice, per-clip URLs on the loopback server.
+    """The CLI's arguments for the demo: both splits, every row, per-clip URLs on the loopback server.
 
     (No ``--source url``: a URL template already selects it, and the UI line the CLI prints then
     carries no LSVQ_SOURCE.)
     """
     return [
         "--lsvq-dir", str(paths.lsvq),
-        "--manifest-csv", str(corpus.csv),
+        *(a for split, path in corpus.label_files.items() for a in ("--split", f"{split}={path}")),
+        "--min-csv-rows", str(MIN_ROWS),
         "--clip-url-template", f"http://{HOST}:{port}/{{name}}{{suffix}}",
         "--full",
     ]
 
 
 def ui_environment(paths: Paths, argv: list[str]) -> dict[str, str]:
-    """DAGSTER_HOME and the LSVQ_* variables that give the UI's code location the CLI's settings."""
+    """DAGSTER_HOME and every non-default setting of the CLI's run as variables (LSVQ_SPLITS...),
+    exactly those of the ``dagster dev`` command the CLI prints (``settings.ui_command_env``)."""
     config = cli.resolve_config(cli.build_parser().parse_args(argv), environ={})
     env = {"DAGSTER_HOME": str(paths.dagster_home)}
-    for key, fields in ENV_VARS.items():
-        for name, var in fields.items():
-            value = config.get(key, {}).get(name)
-            if value not in (None, ""):
-                env[var] = str(Path(value).absolute()) if name in PATH_FIELDS else str(value)
+    for assignment in ui_command_env(config):
+        var, _, value = shlex.split(assignment)[0].partition("=")
+        env[var] = value
     return env
+
+
+def shard_paths(paths: Paths, corpus: DemoCorpus) -> dict[str, tuple[Path, Path]]:
+    """Split -> (shard, replay manifest): ``<lsvq-dir>/lsvq_<split>.jsonl`` (no --output-dir given)."""
+    return {s: (paths.lsvq / f"lsvq_{s}.jsonl", paths.lsvq / f"lsvq_{s}.manifest.json") for s in corpus.label_files}
 
 
 def _clean_environment() -> None:
     """Drop the caller's LSVQ_* settings: the demo passes its own."""
-    for var in [v for v in os.environ if v.startswith("LSVQ_") or v == "FFPROBE_BIN"]:
+    for var in [v for v in os.environ if v.startswith("LSVQ_") or v in ("FFPROBE_BIN", "HF_TOKEN")]:
         del os.environ[var]
+
+
+def _reset_instance(paths: Paths) -> None:
+    """Forget the demo instance's history (runs, events, partitions), keeping its dagster.yaml."""
+    if not paths.dagster_home.exists():
+        return
+    for entry in paths.dagster_home.iterdir():
+        if entry.name != "dagster.yaml":
+            shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
 
 
 def _sha256(path: Path) -> str:
@@ -163,7 +179,7 @@ def _sha256(path: Path) -> str:
 
 
 def run(paths: Paths, ui_port: int) -> int:
-    """Generate or reuse the corpus, serve it, ingest every slice through the CLI; return its exit code."""
+    """Generate or reuse the corpus, serve it, ingest both splits through the CLI; return its exit code."""
     started = time.monotonic()
     _clean_environment()
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -171,14 +187,18 @@ def run(paths: Paths, ui_port: int) -> int:
     corpus, generated = ensure_corpus(paths.corpus)
     kinds = corpus.kinds
     print(
-        f"demo: {'generated' if generated else 'reusing'} {corpus.rows} manifest rows in {len(FOLDERS)} folders "
-        f"({kinds.get('missing', 0)} missing on the server -> HTTP 404, {kinds.get('broken', 0)} not videos, "
+        f"demo: {'generated' if generated else 'reusing'} a train split of {corpus.rows['train']} rows and a test split "
+        f"of {corpus.rows['test']} rows drawing clips from the same {len(FOLDERS)} folders (in train, on purpose: "
+        f"{kinds.get('missing', 0)} missing on the server -> HTTP 404, {kinds.get('broken', 0)} not videos, "
         f"{kinds.get('dup', 0)} duplicate) at {corpus.directory}",
         flush=True,
     )
-    if generated and paths.lsvq.exists():
-        print(f"demo: new corpus, so the old working directory {paths.lsvq} is removed", flush=True)
-        shutil.rmtree(paths.lsvq)
+    if generated and (paths.lsvq.exists() or paths.dagster_home.exists()):
+        # The clips behind the names changed: an old working directory or instance history would mislead.
+        print(f"demo: new corpus, so the old working directory {paths.lsvq} and the demo instance's history are removed", flush=True)
+        shutil.rmtree(paths.lsvq, ignore_errors=True)
+        _reset_instance(paths)
+        state = {k: v for k, v in state.items() if k == "clip_port"}
     port = state.get("clip_port", DEFAULT_CLIP_PORT)
     if not _port_free(port):
         new = _free_port()
@@ -189,19 +209,24 @@ def run(paths: Paths, ui_port: int) -> int:
     argv = cli_argv(paths, corpus, port)
     print(f"demo: serving {corpus.served} on http://{HOST}:{port}/ and running:", flush=True)
     print("  lsvq-to-corpus-jsonl " + " ".join(shlex.quote(a) for a in argv), flush=True)
-    with DemoClipServer(corpus.served, port):
+    with DemoClipServer(corpus.served, port) as server:
         code = cli.main(argv)
-    output = paths.lsvq / "lsvq.jsonl"
-    digest = _sha256(output) if output.exists() else ""
-    same = digest and digest == state.get("shard_sha256")
-    _write_state(paths, {"clip_port": port, "shard_sha256": digest, "cli_argv": argv})
+        fetched = server.count()
+    shards = shard_paths(paths, corpus)
+    digests = {s: _sha256(out) if out.exists() else "" for s, (out, _) in shards.items()}
+    before = state.get("shard_sha256", {})
+    same = all(digests.values()) and isinstance(before, dict) and digests == before
+    _write_state(paths, {"clip_port": port, "shard_sha256": digests, "cli_argv": argv})
     print()
-    print(f"demo: finished in {time.monotonic() - started:.1f} s (exit code {code})")
-    print(f"  shard:            {output}")
-    print(f"  sha256:           {digest or '-'}{'  (byte-identical to the previous run)' if same else ''}")
-    print(f"  replay manifest:  {paths.lsvq / 'lsvq.manifest.json'}")
+    print(f"demo: finished in {time.monotonic() - started:.1f} s (exit code {code}); the clip server answered {fetched} requests")
+    for split, (out, replay) in shards.items():
+        print(f"  {split + ' shard:':<18}{out}")
+        print(f"  {'sha256:':<18}{digests[split] or '-'}")
+        print(f"  {'replay manifest:':<18}{replay}")
+    if same:
+        print("  both shards are byte-identical to the previous run's" + (" and nothing was fetched" if fetched == 0 else ""))
     print(f"  Dagster instance: {paths.dagster_home}")
-    print("  what failed:      in the UI, each slice's lsvq_clips (failed_clips) and lsvq_probes (broken_clips)")
+    print("  what failed:      in the UI, each partition's lsvq_clips (failed_clips) and lsvq_probes (broken_clips)")
     print(
         f"Open the Dagster UI on this instance; this also serves the demo clips again on {HOST}:{port}, so runs "
         "started from the UI can download (Ctrl-C stops both):"
@@ -233,14 +258,18 @@ def serve(paths: Paths, ui_port: int) -> int:
         print(f"demo: serving the demo clips on http://{HOST}:{port}/", flush=True)
         print(f"demo: {settings} dagster dev -w workspace.yaml -h {HOST} -p {ui_port}", flush=True)
         print(f"demo: the UI will be at http://{HOST}:{ui_port} (Ctrl-C stops it and the clip server)", flush=True)
-        proc = subprocess.Popen(cmd, cwd=REPO, env=env)
+        # Ctrl-C must reach dagster dev as an interrupt even when this process was started with
+        # SIGINT ignored (a background job of a script): give the child the default disposition.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        # Its own process group: Ctrl-C and SIGTERM reach this process, which passes them on as an
+        # interrupt, and when dagster dev does not stop in time its whole group goes (code server,
+        # webserver, daemon), not dagster dev alone.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, start_new_session=True)
         signal.signal(signal.SIGTERM, _terminated)
         try:
             return proc.wait()
-        except KeyboardInterrupt:  # Ctrl-C: the terminal sent SIGINT to dagster dev too
-            _stop(proc, send_interrupt=False)
-        except _Terminated:  # SIGTERM to this process only: pass it on as an interrupt
-            _stop(proc, send_interrupt=True)
+        except (KeyboardInterrupt, _Terminated):
+            _stop(proc)
     return 0
 
 
@@ -252,15 +281,19 @@ def _terminated(signum: int, frame: object) -> None:
     raise _Terminated()
 
 
-def _stop(proc: subprocess.Popen, *, send_interrupt: bool) -> None:
-    """Let dagster dev shut its webserver, daemon and code server down; kill it if it takes too long."""
-    if send_interrupt and proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+def _stop(proc: subprocess.Popen) -> None:
+    """Let dagster dev shut its webserver, daemon and code server down; kill its group if it takes too long."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (nothing, after a clean stop)
+    except ProcessLookupError:
+        pass
+    proc.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
