@@ -43,7 +43,6 @@ class LsvqSettings(dg.ConfigurableResource):
     max_rows: int = field("lsvq", "max_rows")
     min_csv_rows: int = field("lsvq", "min_csv_rows")
     flat_chunk_rows: int = field("lsvq", "flat_chunk_rows")
-    parallel_partitions: int = field("lsvq", "parallel_partitions")
 
     def layout(self) -> Layout:
         return Layout.create(self.lsvq_dir, self.progress_path, self.clips_subdir)

@@ -6,6 +6,9 @@ import json
 import logging
 import os
 import shlex
+import signal
+import threading
+from collections.abc import Callable
 import socket
 import sys
 from dataclasses import dataclass, field
@@ -116,23 +119,31 @@ def run_partitions(
     job = defs.resolve_job_def(PARTITION_JOB)
     board = progress.Board(sum(len({r.src for r in plan.partitions[k]}) for k in todo), log=log.info)
     progress.install(board)
-    try:
-        for n, key in enumerate(todo, 1):
-            result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
-            if not result.success and _interrupted(result):
-                raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
-            if result.success:
-                log.info("partition %d/%d %s: done (run %s)", n, len(todo), key, result.run_id)
-            else:
-                report.failed[key] = _failure_message(result)
-                log.warning("partition %d/%d %s: FAILED (run %s): %s", n, len(todo), key, result.run_id, report.failed[key])
-    finally:
-        progress.install(None)
-        board.close()
-    shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
-    result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(instance=instance, run_config=shard_config, tags=tags, raise_on_error=False)
-    if not result.success and _interrupted(result):
-        raise KeyboardInterrupt("shards")
+    done = 0
+
+    def finished(key: str, result: dg.ExecuteInProcessResult) -> None:
+        nonlocal done
+        done += 1
+        if result.success:
+            log.info("partition %d/%d %s: done (run %s)", done, len(todo), key, result.run_id)
+        else:
+            report.failed[key] = _failure_message(result)
+            log.warning("partition %d/%d %s: FAILED (run %s): %s", done, len(todo), key, result.run_id, report.failed[key])
+
+    with _SignalWatch() as signalled:
+        try:
+            for key in todo:
+                result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+                if (not result.success and _interrupted(result)) or signalled():
+                    raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
+                finished(key, result)
+        finally:
+            progress.install(None)
+            board.close()
+        shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
+        result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(instance=instance, run_config=shard_config, tags=tags, raise_on_error=False)
+        if (not result.success and _interrupted(result)) or signalled():
+            raise KeyboardInterrupt("shards")
     for split in splits:
         mats = result.asset_materializations_for_node(f"lsvq_shard_{split}")
         if mats:
@@ -144,6 +155,35 @@ def run_partitions(
     if not result.success:
         raise ShardFailed(f"assembling the shards failed: {_failure_message(result)}")
     return report
+
+
+class _SignalWatch:
+    """Did SIGINT / SIGTERM arrive? Dagster holds a signal that lands in a run's tail (after its last
+    step) and drops it when the run ends; the wakeup fd still sees it, so the CLI stops (exit 130)."""
+
+    def __enter__(self) -> Callable[[], bool]:
+        self.fds: tuple[int, int] | None = None
+        if threading.current_thread() is threading.main_thread():
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self.fds, self.previous = (r, w), signal.set_wakeup_fd(w)
+        return self.fired
+
+    def fired(self) -> bool:
+        if self.fds is None:
+            return False
+        try:
+            data = os.read(self.fds[0], 512)
+        except BlockingIOError:
+            return False
+        return any(b in (signal.SIGINT, signal.SIGTERM) for b in data)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fds is not None:
+            signal.set_wakeup_fd(self.previous)
+            for fd in self.fds:
+                os.close(fd)
 
 
 def _alive(pid: str) -> bool:

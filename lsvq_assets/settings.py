@@ -74,7 +74,6 @@ SETTINGS: tuple[Setting, ...] = (
     S("lsvq", "max_rows", int, 500, "LSVQ_MAX_ROWS", "--max-rows", "row cap per split, in file order; 0 = all rows (--full)", rule="non-negative"),
     S("lsvq", "min_csv_rows", int, 1000, "LSVQ_MIN_CSV_ROWS", "--min-csv-rows", "refuse a label file with fewer data rows", rule="non-negative"),
     S("lsvq", "flat_chunk_rows", int, 500, "LSVQ_FLAT_CHUNK_ROWS", "--flat-chunk-rows", "rows per partition for names without a folder", rule="positive"),
-    S("lsvq", "parallel_partitions", int, 2, "LSVQ_PARALLEL_PARTITIONS", "--parallel-partitions", "partitions the CLI runs at once", rule="positive"),
     S("clip_source", "source", str, "auto", "LSVQ_SOURCE", "--source", "where clips come from: auto = per-clip URLs when the label file has a URL column or a URL template is set, else folder archives", rule="auto|url|archive|local"),
     S("clip_source", "clip_url_template", str, "", "LSVQ_CLIP_URL_TEMPLATE", "--clip-url-template", "per-clip URL from {name} {folder} {stem} {suffix}"),
     S("clip_source", "archive_url_template", str, DEFAULT_ARCHIVE_URL_TEMPLATE, "LSVQ_ARCHIVE_URL_TEMPLATE", "--archive-url-template", "one archive per folder, {folder}"),

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from lsvq_assets.core.files import TEMP_NAME
 from lsvq_assets.core.rows import line_problems
-from lsvq_assets.core.store import ClipRecord, ClipStore
+from lsvq_assets.core.store import STATE_FILE, ClipRecord, FetchState
 from lsvq_assets_tests.corpus import Corpus
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -121,9 +121,16 @@ def sha256(data: bytes) -> str:
 
 
 def store_records(work: Path) -> dict[str, ClipRecord]:
-    """Every clip record (opening the store also proves it is readable)."""
-    with ClipStore(work / "clip-state.sqlite3", busy_timeout_s=10) as store:
-        return {r.src: r for r in store.all_records()}
+    """Every clip record of every partition's private fetch state (each file must be whole JSON:
+    a torn one would be silently ignored by FetchState, so it is parsed here first)."""
+    records: dict[str, ClipRecord] = {}
+    for path in sorted((work / "partitions").glob(f"*/{STATE_FILE}")):
+        json.loads(path.read_bytes())  # whole, never torn
+        with FetchState(path) as state:
+            for rec in state.all_records():
+                assert rec.src not in records, f"{rec.src} is recorded in two partitions"
+                records[rec.src] = rec
+    return records
 
 
 def temp_files(root: Path) -> list[Path]:
@@ -134,7 +141,7 @@ def temp_files(root: Path) -> list[Path]:
 def check_invariants(work: Path, served_root: Path) -> dict[str, ClipRecord]:
     """What must hold in a working directory at any moment, killed or not. Returns the store's records.
 
-    * the clip-state store opens and reads;
+    * every partition's fetch state is whole JSON and each clip is recorded in one partition only;
     * a clip recorded done (or broken) is on disk, complete: its size and sha256 are the recorded ones;
     * every visible file in the clips directory is a whole clip (the served bytes), never a partial one;
     * the shard, if there is one, is whole: newline-terminated valid rows.

@@ -1,9 +1,9 @@
-"""A slice that fails transiently, then its backfill through the GraphQL API the UI uses.
+"""A partition that fails transiently, then its backfill through the GraphQL API the UI uses.
 
 The code location is loaded as the webserver and the daemon load it (``defs = build_defs()``,
 settings from ``LSVQ_*`` variables only); the backfill daemon's iteration runs in-process and its
 runs execute synchronously. With the fault still on, the backfill fails; cleared, "re-execute from
-failure" of that backfill completes and every slice is materialised.
+failure" of that backfill completes and every partition is materialised.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster._daemon.backfill import execute_backfill_iteration
 from dagster_graphql.test.utils import execute_dagster_graphql
 
-from lsvq_assets.definitions import SLICE_ASSETS, build_defs
-from lsvq_assets.partitions import register_slices, slices_partitions
+from lsvq_assets.definitions import build_defs
+from lsvq_assets.partitions import folder_partitions, register_partitions
 from lsvq_assets_tests.corpus import Corpus
 
 FAILING_CLIP = "yfcc-batch1/725.mp4"
 KEYS = ["yfcc-batch1", "ia-batch2"]
-SLICE_KEYS = [a.key for a in SLICE_ASSETS]
+PARTITION_KEYS = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes", "lsvq_rows_train")]
 
 # What the UI's launch dialog sends ("only failed and missing" partitions of the selected assets).
 LAUNCH = """
@@ -89,7 +89,7 @@ def workspace(tmp_path: Path, env: Path, instance: dg.DagsterInstance):
 
 def statuses(instance: dg.DagsterInstance, key: dg.AssetKey) -> dict[str, str | None]:
     """Per-partition status as the UI's partition bar reads it."""
-    found = instance.get_status_by_partition(key, KEYS, slices_partitions) or {}
+    found = instance.get_status_by_partition(key, KEYS, folder_partitions) or {}
     return {k: (s.value if s else None) for k, s in found.items()}
 
 
@@ -105,7 +105,7 @@ def run_backfill(workspace: WorkspaceProcessContext, backfill_id: str) -> BulkAc
 
 
 def schedule_tick(instance: dg.DagsterInstance, defs: dg.Definitions) -> dict[str, str]:
-    """The refresh schedule's requests (slice -> reason), its resources bound to LSVQ_* as deployed."""
+    """The refresh schedule's requests (partition -> reason), its resources bound to LSVQ_* as deployed."""
     context = dg.build_schedule_context(
         instance=instance, instance_ref=instance.get_ref(), repository_def=defs.get_repository_def(), resources=defs.resources
     )
@@ -121,32 +121,32 @@ def graphql(workspace: WorkspaceProcessContext, query: str, variables: dict) -> 
     return payload
 
 
-def test_failed_slice_then_backfill_of_failed_partitions(env: Path, corpus: Corpus, served, instance, workspace) -> None:
+def test_failed_partition_then_backfill_of_failed_partitions(env: Path, corpus: Corpus, served, instance, workspace) -> None:
     served.set_fault(FAILING_CLIP, "503", forever=True)
     defs = build_defs()  # the same settings, from the environment
-    register_slices(instance, KEYS)
-    job = defs.resolve_job_def("lsvq_slice_job")
+    register_partitions(instance, KEYS)
+    job = defs.resolve_job_def("lsvq_partition_job")
     results = {k: job.execute_in_process(partition_key=k, instance=instance, raise_on_error=False) for k in KEYS}
     assert not results["yfcc-batch1"].success and results["ia-batch2"].success
 
-    for key in SLICE_KEYS[1:]:  # lsvq_manifest[yfcc-batch1] was written before lsvq_clips failed
+    for key in PARTITION_KEYS[1:]:  # lsvq_manifest[yfcc-batch1] was written before lsvq_clips failed
         assert statuses(instance, key) == {"yfcc-batch1": "FAILED", "ia-batch2": "MATERIALIZED"}, key
     assert schedule_tick(instance, defs) == {"yfcc-batch1": "failed"}  # what the daily schedule would run
 
-    # "Only failed and missing" in the launch dialog: the failed slice, all four slice assets.
-    failed = [k for k, s in statuses(instance, dg.AssetKey("lsvq_shard_rows")).items() if s in ("FAILED", None)]
+    # "Only failed and missing" in the launch dialog: the failed partition, all four partition assets.
+    failed = [k for k, s in statuses(instance, dg.AssetKey("lsvq_rows_train")).items() if s in ("FAILED", None)]
     assert failed == ["yfcc-batch1"]
-    params = {"partitionNames": failed, "assetSelection": [{"path": k.path} for k in SLICE_KEYS]}
+    params = {"partitionNames": failed, "assetSelection": [{"path": k.path} for k in PARTITION_KEYS]}
     first = graphql(workspace, LAUNCH, {"backfillParams": params})["backfillId"]
     assert run_backfill(workspace, first) == BulkActionStatus.COMPLETED_FAILED  # the source still answers 503
     assert statuses(instance, dg.AssetKey("lsvq_clips"))["yfcc-batch1"] == "FAILED"
 
-    # The source recovers: the failed backfill's "re-execute from failure" finishes the slice.
+    # The source recovers: the failed backfill's "re-execute from failure" finishes the partition.
     served.clear_faults()
     served.reset_log()
     retry = graphql(workspace, REEXECUTE, {"reexecutionParams": {"parentRunId": first, "strategy": "FROM_FAILURE"}})["backfillId"]
     assert run_backfill(workspace, retry) == BulkActionStatus.COMPLETED_SUCCESS
-    for key in SLICE_KEYS:
+    for key in PARTITION_KEYS:
         assert statuses(instance, key) == {"yfcc-batch1": "MATERIALIZED", "ia-batch2": "MATERIALIZED"}, key
     assert {r.path for r in served.requests} == {FAILING_CLIP}  # only the clip that had failed is fetched again
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": retry}))

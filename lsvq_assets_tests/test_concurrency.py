@@ -3,9 +3,9 @@
 What must not overlap, and what happens instead:
 * two CLI runs on one working directory: the second exits 3 naming the holder's pid, or with
   ``--wait`` waits for it (``<lsvq_dir>/locks/cli.lock``);
-* the same slice's clips materialised twice at once (the CLI beside a UI run or a backfill):
+* the same partition's clips materialised twice at once (the CLI beside a UI run or a backfill):
   the second waits for the first, then finds the clips done (``locks/slice-<key>.lock``);
-* different slices run side by side; registering the same slice keys from several processes
+* different partitions run side by side; registering the same partition keys from several processes
   at once is safe.
 """
 
@@ -26,7 +26,7 @@ import pytest
 import sqlalchemy.exc
 
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, read_holder, slice_lock, slice_lock_path
-from lsvq_assets.partitions import SLICES_PARTITIONS_NAME, register_slices
+from lsvq_assets.partitions import PARTITIONS_NAME, register_partitions
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.harness import assert_exact_shard, cli_args, cli_env, requests_per_path, start_cli, wait_for
 
@@ -76,11 +76,11 @@ _UI_RUN = textwrap.dedent(
     import json, sys
     import dagster as dg
     from lsvq_assets.definitions import build_defs
-    from lsvq_assets.partitions import register_slices
+    from lsvq_assets.partitions import register_partitions
     config, home, key = json.loads(sys.argv[1]), sys.argv[2], sys.argv[3]
     instance = dg.DagsterInstance.from_config(home)
-    register_slices(instance, [key])
-    result = build_defs(config).resolve_job_def("lsvq_slice_job").execute_in_process(
+    register_partitions(instance, [key])
+    result = build_defs(config).resolve_job_def("lsvq_partition_job").execute_in_process(
         partition_key=key, instance=instance, raise_on_error=False
     )
     print(json.dumps({"success": result.success}))
@@ -89,8 +89,8 @@ _UI_RUN = textwrap.dedent(
 
 
 @pytest.mark.slow
-def test_cli_beside_a_ui_run_of_the_same_slice(tmp_path: Path, corpus: Corpus, served) -> None:
-    """A UI/backfill run materialises slice yfcc-batch1 while the CLI reaches the same slice: the
+def test_cli_beside_a_ui_run_of_the_same_partition(tmp_path: Path, corpus: Corpus, served) -> None:
+    """A UI/backfill run materialises partition yfcc-batch1 while the CLI reaches the same partition: the
     CLI's lsvq_clips waits for it, then finds every clip done; nothing is downloaded twice."""
     work, logs = tmp_path / "work", tmp_path / "logs"
     (work / ".dagster").mkdir(parents=True)
@@ -100,14 +100,14 @@ def test_cli_beside_a_ui_run_of_the_same_slice(tmp_path: Path, corpus: Corpus, s
         "lsvq": {"lsvq_dir": str(work), "manifest_csv": str(corpus.csv), "min_csv_rows": 1, "max_rows": 0},
         "clip_source": {"clip_url_template": served.base_url + "/{name}{suffix}", "concurrency": 2},
     }
-    served.set_fault("yfcc-batch1/725.mp4", "hang:8")  # the UI run holds the slice for 8 s or more
+    served.set_fault("yfcc-batch1/725.mp4", "hang:8")  # the UI run holds the partition for 8 s or more
     ui = subprocess.Popen(
         [sys.executable, "-c", _UI_RUN, json.dumps(config), str(work / ".dagster"), key],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True,
     )
     try:
         lock = slice_lock_path(work, key)
-        wait_for(lambda: lock.exists() and read_holder(lock).get("pid") == ui.pid, 60, "the UI run to hold the slice")
+        wait_for(lambda: lock.exists() and read_holder(lock).get("pid") == ui.pid, 60, "the UI run to hold the partition")
         cli = start_cli(cli_args(work, corpus.csv, served.base_url, "--concurrency", "2"), logs, "cli")
         assert cli.wait() == 0, cli.stderr
         out, err = ui.communicate(timeout=120)
@@ -116,7 +116,7 @@ def test_cli_beside_a_ui_run_of_the_same_slice(tmp_path: Path, corpus: Corpus, s
             os.killpg(ui.pid, signal.SIGKILL)
             ui.wait()
     assert json.loads(out.decode().strip().splitlines()[-1]) == {"success": True}, err.decode()[-3000:]
-    assert f"slice {key} is being materialised by pid {ui.pid}" in cli.stderr
+    assert f"partition {key} is being materialised by pid {ui.pid}" in cli.stderr
     assert requests_per_path(served) == {c.src: 1 for c in corpus.clips}
     assert_exact_shard(work, corpus)
 
@@ -164,10 +164,10 @@ def test_slice_lock_waits_for_the_holder_and_dies_with_it(tmp_path: Path) -> Non
     assert slice_lock_path(tmp_path, "a~2").name == "slice-a~2.lock"
 
 
-# --------------------------------------------------------------------------- registering slices
+# --------------------------------------------------------------------------- registering partitions
 
 
-def test_register_slices_when_another_process_registers_them_meanwhile() -> None:
+def test_register_partitions_when_another_process_registers_them_meanwhile() -> None:
     instance = dg.DagsterInstance.ephemeral()
     real_add = instance.add_dynamic_partitions
     calls: list[list[str]] = []
@@ -180,30 +180,30 @@ def test_register_slices_when_another_process_registers_them_meanwhile() -> None
         real_add(name, keys)
 
     instance.add_dynamic_partitions = racing_add  # type: ignore[method-assign]
-    assert register_slices(instance, ["a", "b", "c", "a"]) == ["c"]
+    assert register_partitions(instance, ["a", "b", "c", "a"]) == ["c"]
     assert calls == [["a", "b", "c"], ["c"]]
-    assert instance.get_dynamic_partitions(SLICES_PARTITIONS_NAME) == ["a", "b", "c"]
-    assert register_slices(instance, ["a", "c"]) == []
+    assert instance.get_dynamic_partitions(PARTITIONS_NAME) == ["a", "b", "c"]
+    assert register_partitions(instance, ["a", "c"]) == []
 
 
 _REGISTER = textwrap.dedent(
     """
     import sys, time
     import dagster as dg
-    from lsvq_assets.partitions import register_slices
+    from lsvq_assets.partitions import register_partitions
     instance = dg.DagsterInstance.from_config(sys.argv[1])
     start = float(sys.argv[2])
     while time.time() < start:
         time.sleep(0.001)
     for r in range(25):
-        register_slices(instance, [f"r{r}-{i}" for i in range(40)])
+        register_partitions(instance, [f"r{r}-{i}" for i in range(40)])
     print("ok")
     """
 )
 
 
 @pytest.mark.slow
-def test_register_slices_from_three_processes_at_once(tmp_path: Path) -> None:
+def test_register_partitions_from_three_processes_at_once(tmp_path: Path) -> None:
     """Without the retry, about half of such rounds failed with sqlalchemy's IntegrityError here."""
     home = tmp_path / "home"
     home.mkdir()
@@ -217,5 +217,5 @@ def test_register_slices_from_three_processes_at_once(tmp_path: Path) -> None:
     for p in procs:
         out, err = p.communicate(timeout=120)
         assert p.returncode == 0 and out.strip() == b"ok", err.decode()[-2000:]
-    keys = dg.DagsterInstance.from_config(str(home)).get_dynamic_partitions(SLICES_PARTITIONS_NAME)
+    keys = dg.DagsterInstance.from_config(str(home)).get_dynamic_partitions(PARTITIONS_NAME)
     assert sorted(keys) == sorted({f"r{r}-{i}" for r in range(25) for i in range(40)})

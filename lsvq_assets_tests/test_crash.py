@@ -1,14 +1,14 @@
 """kill -9 at any moment, then the same command again: exactly the shard an uninterrupted run gives.
 
 How the shards are compared: rows in the same order with every field equal except
-``ingested_at_utc``; that one is when the clip was ingested, kept in the clip-state store, so
+``ingested_at_utc``; that one is when the clip was ingested, kept in the partition's fetch state, so
 * in the resumed working directory each row's timestamp is the store's, and a clip that was
   recorded done before a kill keeps the timestamp it had then (resuming never moves it);
 * against the uninterrupted reference run it legitimately differs (another run, another moment).
 Re-running after completion gives the byte-identical shard without a single request.
 
 The kill moments are observed, not timed: a clip's temp file appearing (a download mid-body),
-the ffprobe wrapper announcing a probe, the shard's temp file or the last slice's rows part
+the ffprobe wrapper announcing a probe, the shard's temp file or the last partition's rows table
 appearing (assembly), plus one kill at a random moment.
 """
 
@@ -52,7 +52,7 @@ CRASH_CLIPS = (
     + [CorpusClip(f"backup/{i}", 70.25 + i, "ok", ClipSpec(seed=400 + i)) for i in range(3)]
     + [CorpusClip("backup/dup", 99.0, "dup")]
 )
-SLICES = ["yfcc-batch1", "ia-batch2", "backup"]
+PARTITIONS = ["yfcc-batch1", "ia-batch2", "backup"]
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +134,7 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_shard(
         for mark in marks.iterdir():  # clips may be probed while others download: count from here
             mark.unlink()
         kill_when("kill-2", lambda: any(marks.iterdir()) and "probing (ffprobe running)", "probing")
-        assert not any(p.exists() for p in stale), "the next run of the slice removes a killed run's temp files"
+        assert not any(p.exists() for p in stale), "the next run of the partition removes a killed run's temp files"
 
         # 3. A random moment.
         t_kill = random.Random().uniform(0.5, 4.0)
@@ -142,15 +142,15 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_shard(
             "kill-3", lambda c=time.monotonic(): time.monotonic() - c > t_kill and f"random ({t_kill:.2f} s)", "random", True
         )
 
-        # 4. Assembly: the last slice's rows part is rewritten, or the shard's temp file appears.
-        rows_part = work / "slices" / SLICES[-1] / "rows.jsonl"
+        # 4. Assembly: the last partition's rows table is rewritten, or the shard's temp file appears.
+        rows_part = work / "partitions" / PARTITIONS[-1] / "rows_train.parquet"
         since = time.time()
 
         def assembling() -> str | None:
             if list(work.glob(".lsvq.jsonl.*.part")):
                 return "writing the shard (temp file present)"
             if rows_part.exists() and rows_part.stat().st_mtime > since:
-                return "assembling (last slice's rows written)"
+                return "assembling (last partition's rows written)"
             return None
 
         kill_when("kill-4", assembling, "shard assembly")
@@ -213,7 +213,7 @@ _WRITER = textwrap.dedent(
 
 
 def test_atomic_file_is_whole_after_kill_9_and_its_temp_is_cleaned_next_time(tmp_path: Path) -> None:
-    """The shard and the slice files go through atomic_open: killed mid-write, the target is the
+    """The shard and the partition files go through atomic_open: killed mid-write, the target is the
     previous whole file (or absent), never a part; the killed writer's temp is removed by the next write."""
     target = tmp_path / "lsvq.jsonl"
     rng = random.Random()
@@ -273,7 +273,7 @@ def test_remove_stale_temps_spares_live_recent_and_foreign_files(tmp_path: Path)
 @pytest.mark.slow
 def test_ctrl_c_or_sigterm_stops_the_run_with_130(tmp_path: Path, corpus: Corpus, served) -> None:
     """Dagster turns the signal into a failed step; the CLI must stop there, not carry on with the
-    next slices (and assemble a shard) as if one slice had merely failed."""
+    next partitions (and assemble a shard) as if one partition had merely failed."""
     served.latency_s = 0.3
     work = tmp_path / "work"
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -283,11 +283,11 @@ def test_ctrl_c_or_sigterm_stops_the_run_with_130(tmp_path: Path, corpus: Corpus
         os.kill(cli.pid, sig)
         assert cli.wait(60) == 130, cli.stderr
         assert cli.stderr.strip().endswith("interrupted: run the same command again to resume.")
-        assert "Traceback" not in cli.stderr and "slice 2/2" not in cli.stderr
+        assert "Traceback" not in cli.stderr and "partition 2/2" not in cli.stderr
         assert not (work / "lsvq.jsonl").exists()  # no shard assembled behind the operator's back
         check_invariants(work, corpus.root)
     assert served.count() < len(corpus.clips)  # it stopped downloading
-    # and SIGTERM before any slice runs (the lock taken, the instance opening) ends the same way
+    # and SIGTERM before any partition runs (the lock taken, the instance opening) ends the same way
     cli = start_cli(cli_args(work, corpus.csv, served.base_url), tmp_path / "logs", "early")
     lock = work / "locks" / "cli.lock"
     wait_for(lambda: read_holder(lock).get("pid") == cli.pid, 60, "the CLI lock", cli)

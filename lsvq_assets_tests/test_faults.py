@@ -190,7 +190,7 @@ def test_truncated_reset_and_trickling_bodies_are_never_done(tmp_path: Path, cor
     took = time.monotonic() - started
     assert first.proc.returncode == 1, first.stderr
     assert "Traceback" not in first.stderr
-    assert "2 slice(s) failed transiently (ia-batch2, yfcc-batch1)" in first.stderr
+    assert "2 partition(s) failed transiently (ia-batch2, yfcc-batch1)" in first.stderr
     size = (corpus.root / "yfcc-batch1/725.mp4").stat().st_size
     for reason in (f"short-body: got {size // 2} of {size} bytes", "too-slow: ", "ia-batch2"):
         assert reason in first.stderr, reason
@@ -331,10 +331,10 @@ def test_hostile_rows_are_dropped_or_fail_and_nothing_lands_outside(tmp_path: Pa
         n + ".mp4" for n in ok
     )
     assert {p.name for p in work.iterdir()} <= {
-        ".dagster", "clips", "slices", "locks", "clip-state.sqlite3", "clip-state.sqlite3-wal", "clip-state.sqlite3-shm",
+        ".dagster", "clips", "partitions", "locks",
         "lsvq.jsonl", "lsvq.manifest.json",
     }
-    assert {p.name for p in (work / "slices").iterdir()} == {"h"}
+    assert {p.name for p in (work / "partitions").iterdir()} == {"h"}
     assert not cron.exists()
 
 
