@@ -79,7 +79,7 @@ def _folder_problem(folder: str) -> str | None:
     return None
 
 
-def _clips_already_there(rows: Sequence[ManifestRow], wanted: dict[str, Path]) -> int:
+def _clips_already_there(wanted: dict[str, Path]) -> int:
     """Clips of these rows' folders already on disk that are not wanted now (extracted by an earlier run)."""
     dests = {p.name for p in wanted.values()}
     found = 0
@@ -207,7 +207,7 @@ class ArchiveClipSource(ClipSource):
         status, attempts = None, 0
         with folder_lock(archive):
             if not archive.is_file():
-                if earlier := _clips_already_there(rows, wanted):
+                if earlier := _clips_already_there(wanted):
                     log.info(
                         "archive %s is fetched again because %d new member(s) are needed "
                         "(%d clip(s) of the folder came from it before; --keep-archives keeps archives)",
