@@ -6,7 +6,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-__all__ = ["Bearer", "is_loopback_host"]
+import requests
+import requests.auth
+
+__all__ = ["Bearer", "BearerAuth", "is_loopback_host"]
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -31,6 +34,20 @@ def is_loopback_host(host: str) -> bool:
         return False
 
 
+class BearerAuth(requests.auth.AuthBase):
+    """Sets ``Authorization: Bearer <token>`` on one prepared request; the token is not in the repr."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers["Authorization"] = f"Bearer {self._token}"
+        return r
+
+    def __repr__(self) -> str:
+        return "BearerAuth(<token>)"
+
+
 @dataclass(frozen=True)
 class Bearer:
     """``Authorization: Bearer <token>`` for requests to ``url``'s host and port only.
@@ -53,3 +70,6 @@ class Bearer:
     def usable(self) -> bool:
         """False when the token could never be sent (plain http to a host that is not loopback)."""
         return self.applies_to(self.url)
+
+    def auth(self) -> BearerAuth:
+        return BearerAuth(self.token)

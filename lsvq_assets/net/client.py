@@ -194,11 +194,11 @@ class HttpClient:
         return None
 
     # -- one request and its redirect hops
-    def _headers(self, url: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-        headers = dict(extra or {})
-        if self._bearer is not None and self._bearer.applies_to(url):
-            headers["Authorization"] = f"Bearer {self._bearer.token}"
-        return headers
+    def _auth_for(self, url: str) -> requests.auth.AuthBase | None:
+        """The token's auth for a request to ``url``, decided afresh on every hop (None: send none).
+
+        Given explicitly so that a ``~/.netrc`` entry for the mirror cannot replace the token."""
+        return self._bearer.auth() if self._bearer is not None and self._bearer.applies_to(url) else None
 
     def open(self, url: str, headers: Mapping[str, str] | None = None, accept: Collection[int] = (200,)) -> Opened:
         """GET ``url`` (with ``headers`` on every hop, e.g. ``Range``/``If-Range``), following redirects.
@@ -213,7 +213,8 @@ class HttpClient:
             try:
                 resp = self.session.get(
                     current,
-                    headers=self._headers(current, headers),
+                    headers=dict(headers or {}),
+                    auth=self._auth_for(current),
                     stream=True,
                     allow_redirects=False,
                     timeout=(self.connect_timeout_s, self.timeout_s),
