@@ -164,7 +164,7 @@ class ClipSourceResource(dg.ConfigurableResource):
                 keep_archives=self.keep_archives,
                 timeout_s=self.download_timeout_s,
                 max_attempts=self.max_attempts,
-                **({"token": token} if token else {}),
+                token=token,
             )
         if kind == "local":
             if not self.local_clips:

@@ -24,6 +24,10 @@ a :class:`Fault` or a string:
                        status=301)`` for other codes)
 =====================  =======================================================
 
+``LoopbackServer(root, host="127.0.0.2")`` listens on another loopback address (a different host
+for a client). ``server.required_authorization = "Bearer t"`` answers 401 (``WWW-Authenticate:
+Bearer``) to every request without exactly that ``Authorization`` header, before any fault.
+
 ``LoopbackServer(root, ssl_context=ctx)`` serves https:// instead (see
 :func:`make_self_signed_cert`; clients trust it via ``REQUESTS_CA_BUNDLE``).
 ``server.latency_s`` (settable) sleeps before every answer; ``server.honor_range
@@ -280,6 +284,9 @@ class _Handler(BaseHTTPRequestHandler):
             if owner.latency_s > 0 and owner._stopping.wait(owner.latency_s):
                 self.close_connection = True
                 return
+            if owner.required_authorization is not None and self.headers.get("Authorization") != owner.required_authorization:
+                self._answer(401, {"WWW-Authenticate": "Bearer"}, b"unauthorized\n", head)
+                return
             if fault is not None and fault.kind == "hang":
                 if owner._stopping.wait(fault.delay_s if fault.delay_s is not None else 5.0):
                     self.close_connection = True
@@ -409,10 +416,14 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class LoopbackServer:
-    """Threaded HTTP/1.1 keep-alive server over ``root`` on 127.0.0.1:<free port>."""
+    """Threaded HTTP/1.1 keep-alive server over ``root`` on 127.0.0.1 (or ``host``):<free port>."""
 
-    def __init__(self, root: Path, latency_s: float = 0.0, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, root: Path, latency_s: float = 0.0, *, ssl_context: ssl.SSLContext | None = None, host: str = "127.0.0.1"
+    ) -> None:
         self.root = Path(root)
+        self.host = host  # a loopback address: 127.0.0.0/8
+        self.required_authorization: str | None = None  # see the module docstring
         self.ssl_context = ssl_context  # server-side context: serve https://
         self._root_resolved = self.root.resolve()
         self.latency_s = float(latency_s)  # sleep before answering each request
@@ -435,7 +446,7 @@ class LoopbackServer:
         if self._httpd is not None:
             return self
         self._stopping.clear()
-        httpd = _Server(("127.0.0.1", 0), _Handler)
+        httpd = _Server((self.host, 0), _Handler)
         httpd.owner = self
         self._httpd = httpd
         host, port = httpd.server_address[:2]

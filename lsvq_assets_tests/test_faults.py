@@ -29,7 +29,7 @@ from urllib.parse import quote
 
 import pytest
 
-from lsvq_assets.sources.http import HttpFetcher
+from lsvq_assets.net import HttpFetcher
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.harness import (
     private_tmpfs_unshare,

@@ -21,14 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from lsvq_assets.sources.http import (
-    CHUNK_SIZE,
-    FetchResult,
-    HttpFetcher,
-    parse_retry_after,
-    check_url,
-    sha256_file,
-)
+from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.urls import check_url
+from lsvq_assets.net import CHUNK_SIZE, FetchResult, HttpFetcher, parse_retry_after
 from lsvq_assets_tests.harness import private_tmpfs_unshare
 from lsvq_assets_tests.loopback import (  # noqa: F401 - loopback is a fixture
     Fault,
@@ -91,7 +86,7 @@ def assert_failed_cleanly(result: FetchResult, dest: Path) -> None:
     ],
 )
 def test_check_url(url: str, reason: str | None) -> None:
-    # http.check_url is core.urls.check_url (one rule, re-exported)
+    # core.urls.check_url: the one rule, used by the client for URLs and redirect targets
     assert check_url(url) == reason
 
 
@@ -268,7 +263,7 @@ def test_503_storm_on_first_request_of_every_clip(loopback: LoopbackServer, tmp_
 # --------------------------------------------------------------------------- HTTP errors and retries
 
 
-@pytest.mark.parametrize("status", [404, 410, 403, 400, 451])
+@pytest.mark.parametrize("status", [404, 410, 400, 451])
 def test_4xx_is_permanent_and_not_retried(loopback: LoopbackServer, tmp_path: Path, status: int) -> None:
     loopback.put_random("a.mp4", 1000)
     loopback.set_fault("a.mp4", str(status), forever=True)
@@ -280,6 +275,19 @@ def test_4xx_is_permanent_and_not_retried(loopback: LoopbackServer, tmp_path: Pa
     assert result.http_status == status
     assert result.transient is False
     assert result.attempts == 1
+    assert loopback.count("a.mp4") == 1
+
+
+@pytest.mark.parametrize("status", [401, 403])
+def test_401_and_403_are_transient_but_not_retried_in_fetch(loopback: LoopbackServer, tmp_path: Path, status: int) -> None:
+    """A refusal is about credentials, not the file: a later run tries again, this fetch does not."""
+    loopback.put_random("a.mp4", 1000)
+    loopback.set_fault("a.mp4", str(status), forever=True)
+    dest = tmp_path / "a.mp4"
+    with fast_fetcher(max_attempts=4) as fetcher:
+        result = fetcher.fetch(loopback.url("a.mp4"), dest)
+    assert_failed_cleanly(result, dest)
+    assert (result.reason, result.http_status, result.transient, result.attempts) == (f"http-{status}", status, True, 1)
     assert loopback.count("a.mp4") == 1
 
 
@@ -678,7 +686,7 @@ _CHILD = textwrap.dedent(
     """
     import json, os, resource, signal, sys
     from pathlib import Path
-    from lsvq_assets.sources.http import HttpFetcher
+    from lsvq_assets.net import HttpFetcher
     url_big, url_small, out, mode = sys.argv[1:5]
     out = Path(out)
     if mode == "rlimit":

@@ -18,8 +18,9 @@ import pytest
 from lsvq_assets.core.errors import UserError
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
-from lsvq_assets.sources.archive import ArchiveClipSource, _Corrupt, _Gunzip
+from lsvq_assets.sources.archive import ArchiveClipSource
 from lsvq_assets.sources.base import ClipResult
+from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.loopback import Fault, LoopbackServer
 from lsvq_assets_tests.test_pipeline import run_cli
@@ -441,14 +442,14 @@ def test_corrupt_archive_fails_transiently_writes_nothing_and_is_deleted(
 
 def test_gunzip_reads_concatenated_members_and_zero_padding_and_bounds_memory(tmp_path: Path) -> None:
     data = gzip.compress(b"abc" * 1000) + gzip.compress(b"def") + b"\0" * 1000
-    gz = _Gunzip(io.BytesIO(data), in_chunk=7, out_max=64)
+    gz = Gunzip(io.BytesIO(data), in_chunk=7, out_max=64)
     out = b""
     while chunk := gz.read(100):
         assert len(chunk) <= 64
         out += chunk
     assert out == b"abc" * 1000 + b"def"
-    with pytest.raises(_Corrupt):
-        g = _Gunzip(io.BytesIO(gzip.compress(b"x" * 100) + b"junk"))
+    with pytest.raises(CorruptArchive):
+        g = Gunzip(io.BytesIO(gzip.compress(b"x" * 100) + b"junk"))
         while g.read(1000):
             pass
 

@@ -9,8 +9,12 @@ from urllib.parse import quote
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.urls import check_url
+from lsvq_assets.net.errors import AUTH_STATUSES
+from lsvq_assets.net.fetcher import HttpFetcher
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
-from lsvq_assets.sources.http import HttpFetcher
+
+#: Appended to ``http-401``/``http-403``: the server refused the request, the clip itself may be fine.
+AUTH_HINT = "the server refused the clip; check that its URL is still valid (signed URLs expire) and needs no login"
 
 
 def template_url(template: str, row: ManifestRow) -> str:
@@ -58,9 +62,10 @@ class UrlClipSource(ClipSource):
             on_result(ClipResult(row.src, ok=False, reason=bad))
             return
         res = self.fetcher.fetch(url, layout.clip_path(row.src))
-        on_result(
-            ClipResult(row.src, res.ok, res.sha256, res.size, res.http_status, res.reason, res.transient, res.attempts)
-        )
+        reason = res.reason
+        if res.http_status in AUTH_STATUSES and reason == f"http-{res.http_status}":
+            reason = f"{reason}: {AUTH_HINT}"  # transient: retried next run, never recorded as a bad clip
+        on_result(ClipResult(row.src, res.ok, res.sha256, res.size, res.http_status, reason, res.transient, res.attempts))
 
     def fetch(self, rows: Sequence[ManifestRow], layout: Layout, on_result: OnResult) -> None:
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="lsvq-fetch") as pool:
