@@ -17,7 +17,7 @@ import pytest
 
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
-from lsvq_assets.core.store import ClipStore
+from lsvq_assets.core.store import FetchState
 from lsvq_assets.net import Bearer, HttpClient
 from lsvq_assets.sources.archive import ArchiveClipSource
 from lsvq_assets.sources.base import ClipResult, ingest_clips
@@ -129,7 +129,7 @@ def test_a_refused_archive_fails_its_clips_transiently_with_a_hint_and_the_next_
         mirror.required_authorization = None
         mirror.set_fault("archives/f.tar.gz", "403")
     rows = [make_row(src, i) for i, src in enumerate(MEMBERS)]
-    with ClipStore(layout.store_path) as store:
+    with FetchState(layout.state_path("f")) as store:
         first = ingest_clips(rows, layout, store, ArchiveClipSource(mirror_template(mirror), max_attempts=4, **FAST))
         failed = first.failures(transient=True)
         assert [f["src"] for f in failed] == list(MEMBERS) and not first.failures(transient=False)
