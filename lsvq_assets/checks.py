@@ -99,8 +99,10 @@ def mos_scale_check(mos_range: Mapping) -> dg.AssetCheckResult:
 
 def shard_sha256s(path) -> dict[str, str]:
     """sha256 -> src of a published shard (empty when it does not exist yet)."""
+    from lsvq_assets.core import storage
+
     try:
-        text = path.read_text()
+        text = storage.read_bytes(path).decode()
     except FileNotFoundError:
         return {}
     out: dict[str, str] = {}

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from lsvq_assets.core import storage
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets import progress
@@ -107,7 +108,7 @@ def run_partitions(
     else:
         asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [dg.AssetKey(f"lsvq_rows_{s}") for s in splits]
         layout = lsvq.layout()
-        outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in state.splits_in.get(k, []))  # noqa: E731
+        outputs_there = lambda k: all(storage.exists(layout.partition_file(k, f"rows_{s}.parquet")) for s in state.splits_in.get(k, []))  # noqa: E731
         # Partitions the operator named run even when a run of theirs looks in progress (a CLI
         # killed on another host leaves one); others with a live run elsewhere are left alone.
         need = refresh_plan(instance, state, asset_keys, keys, skip_in_progress=not chosen)

@@ -61,14 +61,15 @@ class Setting:
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
     S("lsvq", "lsvq_dir", str, DEFAULT_LSVQ_DIR, "LSVQ_DIR", "--lsvq-dir", "working directory: clips, partition outputs, the CLI's Dagster instance", path=True),
+    S("lsvq", "storage", str, "", "LSVQ_STORAGE", "--storage", "storage root shared by every host: clips, partition outputs and fetch state; a directory or s3://bucket/prefix (configured by the AWS_* variables; AWS_ENDPOINT_URL for S3-compatible stores)", path=True, shown_default="<lsvq-dir>"),
     S("lsvq", "splits", str, "", "LSVQ_SPLITS", "--split", "splits as NAME=PATH (repeat the flag; the variable joins them with commas: train=/p/train_labels.txt,test=/p/labels_test.txt); empty = one split `train` from --manifest-csv", repeat=True),
     S("lsvq", "manifest_csv", str, "", "LSVQ_MANIFEST_CSV", "--manifest-csv", "label file (split CSV or labels.txt) of the one split `train` when no --split is given", path=True, shown_default="<lsvq-dir>/manifest.csv"),
     S("lsvq", "progress_path", str, "", "LSVQ_PROGRESS_PATH", "--progress-path", "the seed's progress file to import", path=True, shown_default="<lsvq-dir>/.download-progress.json"),
     S("lsvq", "clips_subdir", str, "clips", "LSVQ_CLIPS_SUBDIR", "--clips-subdir", "clips directory under the working directory"),
     S("lsvq", "clip_suffix", str, ".mp4", "LSVQ_CLIP_SUFFIX", "--clip-suffix", "suffix appended to every CSV name (labels files carry theirs)"),
-    S("lsvq", "output_dir", str, "", "LSVQ_OUTPUT_DIR", "--output-dir", "where each split's shard goes: lsvq_<split>.jsonl (lsvq.jsonl without --split)", path=True, shown_default="<lsvq-dir>"),
-    S("lsvq", "output", str, "", "LSVQ_OUTPUT", "--output", "the JSONL shard, with one split only", path=True, shown_default="<output-dir>/lsvq.jsonl"),
-    S("lsvq", "manifest_out", str, "", "LSVQ_MANIFEST_OUT", "--manifest-out", "the replay manifest, with one split only", path=True, shown_default="<output> with .manifest.json"),
+    S("lsvq", "output_dir", str, "", "LSVQ_OUTPUT_DIR", "--output-dir", "where each split's shard goes: lsvq_<split>.jsonl (lsvq.jsonl without --split); a directory or s3:// URL", path=True, shown_default="<lsvq-dir>"),
+    S("lsvq", "output", str, "", "LSVQ_OUTPUT", "--output", "the JSONL shard, with one split only (a path or s3:// URL)", path=True, shown_default="<output-dir>/lsvq.jsonl"),
+    S("lsvq", "manifest_out", str, "", "LSVQ_MANIFEST_OUT", "--manifest-out", "the replay manifest, with one split only (a path or s3:// URL)", path=True, shown_default="<output> with .manifest.json"),
     S("lsvq", "corpus_version", str, "lsvq-2021", "LSVQ_CORPUS_VERSION", "--corpus-version", "corpus_version of every row"),
     S("lsvq", "attrition_warn_threshold", float, 0.10, "LSVQ_ATTRITION_WARN_THRESHOLD", "--attrition-warn-threshold", "download failures / rows above which the shard's check warns", rule="fraction"),
     S("lsvq", "max_rows", int, 500, "LSVQ_MAX_ROWS", "--max-rows", "row cap per split, in file order; 0 = all rows (--full)", rule="non-negative"),
@@ -179,7 +180,7 @@ def ui_command_env(config: Mapping[str, Mapping[str, Any]]) -> list[str]:
         value = config.get(s.resource, {}).get(s.field)
         if value is None or value == s.default or s.secret:
             continue
-        if s.path and value:
+        if s.path and value and "://" not in str(value):
             value = str(Path(value).expanduser().absolute())
         elif s.field == "splits" and value:
             value = ",".join(f"{n}={Path(p).expanduser().absolute()}" for n, p in _split_items(value))

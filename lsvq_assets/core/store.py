@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lsvq_assets.core.files import atomic_write_bytes
+from lsvq_assets.core import storage
+from lsvq_assets.core.storage import Location
 
 __all__ = ["CLIP_STATES", "STATE_VERSION", "ClipRecord", "FetchState", "utc_now"]
 
@@ -110,14 +111,14 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
 class FetchState:
     """A partition's private fetch state (see the module docstring). Thread-safe; one writer process."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Location) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._clips: dict[str, ClipRecord] = {}
         self._probes: dict[str, dict] = {}
         self._seeds: set[str] = set()
         try:
-            data = json.loads(self.path.read_bytes())
+            data = json.loads(storage.read_bytes(self.path))
         except FileNotFoundError:
             return
         except (OSError, ValueError):
@@ -149,7 +150,7 @@ class FetchState:
             "probes": dict(sorted(self._probes.items())),
             "seed_imports": sorted(self._seeds),
         }
-        atomic_write_bytes(self.path, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
+        storage.write_bytes(self.path, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
 
     # -- clips -------------------------------------------------------------
 
