@@ -16,10 +16,10 @@ import dagster as dg
 
 from lsvq_assets.core import storage
 from lsvq_assets.core.errors import ManifestError, UserError
-from lsvq_assets.core.storage import Location
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import Manifest, read_manifest
 from lsvq_assets.core.partitioning import Plan, parse_splits, partition_rows
+from lsvq_assets.core.storage import Location
 from lsvq_assets.probing import Prober, make_prober
 from lsvq_assets.settings import SETTINGS, env_config, field
 from lsvq_assets.sources.archive import ArchiveClipSource

@@ -38,11 +38,12 @@ def _summary(table: list[dict]) -> str:
     def top(counter: Counter) -> str:
         return ", ".join(f"{k} ({v})" for k, v in counter.most_common(8)) or "none"
 
+    resolutions = Counter("{}x{}".format(r["width"], r["height"]) for r in table)  # noqa: UP032 - Python 3.10 f-strings
     return "\n".join(
         [
             f"**{len(table)} clips probed**",
             f"- codecs: {top(Counter(r['encoder_upstream'] for r in table))}",
-            f"- resolutions: {top(Counter('%dx%d' % (r['width'], r['height']) for r in table))}",
+            f"- resolutions: {top(resolutions)}",
             f"- frame rates: {top(Counter(round(r['framerate'], 3) for r in table))}",
             f"- pixel formats: {top(Counter(r['pix_fmt'] for r in table))}",
         ]
@@ -80,7 +81,9 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
                         storage.get_file(layout.clip_location(it.src), it.path)
             result = probe_clips(items, impl, store, prober.concurrency)
     table = [
-        {"src": it.src, "sha256": it.sha256, **result.probes[it.src]} if it.src in result.probes else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}
+        {"src": it.src, "sha256": it.sha256, **result.probes[it.src]}
+        if it.src in result.probes
+        else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}
         for it in items
     ]
     path = layout.partition_file(key, PROBES_FILE)
@@ -100,7 +103,11 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
             "dagster/uri": dg.MetadataValue.path(str(path)),
             "dagster/column_schema": column_schema(PROBES_SCHEMA),
             "timings": dg.MetadataValue.json(
-                {"probe_s": round(result.probe_s, 3), "store_s": round(result.store_s, 3), "compute_s": round(time.monotonic() - started, 3)}
+                {
+                    "probe_s": round(result.probe_s, 3),
+                    "store_s": round(result.store_s, 3),
+                    "compute_s": round(time.monotonic() - started, 3),
+                }
             ),
         },
         data_version=dg.DataVersion(version),

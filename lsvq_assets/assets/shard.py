@@ -53,7 +53,10 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
     plan = lsvq.plan()
     layout = lsvq.layout()
     capped = plan.capped(split)
-    pairs, failed, broken, pending = [], [], [], {}
+    pairs: list[tuple[int, str, dict]] = []
+    failed: list[dict] = []
+    broken: list[dict] = []
+    pending: dict[str, int] = {}
     tables: dict[str, dict[str, dict]] = {}
     for i, row in enumerate(capped):
         key = plan.key_of[row.src]
@@ -174,7 +177,9 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
         )
         context.log.info(summary)
         if pending:
-            context.log.warning(f"{sum(pending.values())} rows of {split} wait for {len(pending)} partitions: {', '.join(list(pending)[:10])}")
+            context.log.warning(
+                f"{sum(pending.values())} rows of {split} wait for {len(pending)} partitions: {', '.join(list(pending)[:10])}"
+            )
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(out.lines),

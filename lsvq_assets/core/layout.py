@@ -29,7 +29,7 @@ class Layout:
     clips_root: Location  # where clips live: root/clips_subdir
 
     @classmethod
-    def create(cls, lsvq_dir: str | Path, progress_path: str = "", clips_subdir: str = "clips", storage_root: str = "") -> "Layout":
+    def create(cls, lsvq_dir: str | Path, progress_path: str = "", clips_subdir: str = "clips", storage_root: str = "") -> Layout:
         """Apply the seed's defaults: every path empty here falls back to one under ``lsvq_dir``."""
         if not clips_subdir or Path(clips_subdir).is_absolute() or ".." in Path(clips_subdir).parts:
             raise UserError(f"--clips-subdir {clips_subdir!r} must be a relative directory inside --lsvq-dir (default: clips).")
@@ -49,7 +49,7 @@ class Layout:
         """True when the storage root is an object store: clips go through a local scratch directory."""
         return storage.is_remote(self.root)
 
-    def with_scratch(self, scratch: Path) -> "Layout":
+    def with_scratch(self, scratch: Path) -> Layout:
         """The layout of one run whose clips land in its own scratch directory (remote roots only)."""
         if not self.remote:
             return self
@@ -73,7 +73,11 @@ class Layout:
 
     def clip_location(self, src: str) -> Location:
         """The clip in the storage root (the same as ``clip_path`` for a local root)."""
-        return self.clip_path(src) if not self.remote else storage.join(self.clips_root, self.clip_path(src).relative_to(self.clips_dir).as_posix())
+        return (
+            self.clip_path(src)
+            if not self.remote
+            else storage.join(self.clips_root, self.clip_path(src).relative_to(self.clips_dir).as_posix())
+        )
 
     def clip_path(self, src: str) -> Path:
         """The clip's local path under the clips directory; ValueError if ``src`` would land outside it."""

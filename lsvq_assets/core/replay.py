@@ -20,7 +20,12 @@ def file_info(path: Location) -> dict:
     """path / exists / kind / sha256 (files only) of one input or output (an object-store URL too)."""
     if storage.is_remote(path):
         there = storage.exists(path)
-        return {"path": str(path), "exists": there, "kind": "object" if there else "missing", **({"sha256": storage.sha256(path)[0]} if there else {})}
+        return {
+            "path": str(path),
+            "exists": there,
+            "kind": "object" if there else "missing",
+            **({"sha256": storage.sha256(path)[0]} if there else {}),
+        }
     path = Path(path)
     info: dict = {"path": str(path), "exists": path.exists()}
     if path.is_file():
@@ -31,7 +36,9 @@ def file_info(path: Location) -> dict:
     return info
 
 
-def run_provenance(entry_point: Path, argv: Sequence[str], arguments: Mapping, inputs: Sequence[Location], outputs: Sequence[Location]) -> dict:
+def run_provenance(
+    entry_point: Path, argv: Sequence[str], arguments: Mapping, inputs: Sequence[Location], outputs: Sequence[Location]
+) -> dict:
     return {
         "schema": PROVENANCE_SCHEMA,
         "entry_point": file_info(entry_point),

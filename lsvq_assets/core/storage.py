@@ -22,7 +22,7 @@ from typing import IO, Any, Union
 from lsvq_assets.core.errors import UserError
 from lsvq_assets.core.files import atomic_path, atomic_write_bytes, sha256_file
 
-Location = Union[Path, str]
+Location = Union[Path, str]  # noqa: UP007 - a runtime alias, also imported by Python 3.10
 CHUNK = 1 << 20
 
 
@@ -163,7 +163,7 @@ def sizes(directory: Location) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     prefix = path.rstrip("/") + "/"
-    return {k[len(prefix):]: int(v.get("size") or 0) for k, v in found.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: int(v.get("size") or 0) for k, v in found.items() if k.startswith(prefix)}
 
 
 def open_read(loc: Location) -> IO[bytes]:

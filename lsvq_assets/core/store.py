@@ -70,22 +70,13 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
     """The row to store when ``new`` is recorded over ``old`` (None: no row yet)."""
     sha256, size, ingested_at = new.sha256, new.size, new.ingested_at_utc
     if new.state == "done":
-        if (
-            old is not None
-            and old.state in ("done", "broken")
-            and old.sha256 == new.sha256
-            and old.ingested_at_utc is not None
-        ):
+        if old is not None and old.state in ("done", "broken") and old.sha256 == new.sha256 and old.ingested_at_utc is not None:
             # Same bytes as before: re-verification never moves the timestamp.
             ingested_at = old.ingested_at_utc
         else:
             ingested_at = new.ingested_at_utc or now
     elif new.state == "broken":
-        if (
-            old is not None
-            and old.state in ("done", "broken")
-            and (new.sha256 is None or new.sha256 == old.sha256)
-        ):
+        if old is not None and old.state in ("done", "broken") and (new.sha256 is None or new.sha256 == old.sha256):
             # Same file as the row it replaces: inherit what was not given.
             sha256 = old.sha256
             size = new.size if new.size is not None else old.size
@@ -100,10 +91,7 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
         transient=bool(new.transient),
         attempts=(old.attempts if old is not None else 0) + new.attempts,
         ingested_at_utc=ingested_at,
-        first_seen_utc=(
-            old.first_seen_utc if old is not None and old.first_seen_utc
-            else new.first_seen_utc or now
-        ),
+        first_seen_utc=(old.first_seen_utc if old is not None and old.first_seen_utc else new.first_seen_utc or now),
         updated_at_utc=now,
     )
 
@@ -134,7 +122,7 @@ class FetchState:
         self._probes = dict(data.get("probes") or {})
         self._seeds = set(data.get("seed_imports") or ())
 
-    def __enter__(self) -> "FetchState":
+    def __enter__(self) -> FetchState:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -261,7 +249,9 @@ class FetchState:
                 elif state == "failed":
                     reason = entry.get("reason")
                     reason = "unknown" if reason is None or reason == "" else str(reason)
-                    rec = ClipRecord(src=src, state="failed", reason="seed: " + reason, transient=False, first_seen_utc=now, updated_at_utc=now)
+                    rec = ClipRecord(
+                        src=src, state="failed", reason="seed: " + reason, transient=False, first_seen_utc=now, updated_at_utc=now
+                    )
                 else:
                     continue
                 self._clips[src] = rec

@@ -113,7 +113,7 @@ def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: FetchState, c
     t = time.monotonic()
     if todo:
         with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="lsvq-probe") as pool:
-            fresh = dict(zip(todo, pool.map(lambda it: _probe(prober, it.path), todo)))
+            fresh = dict(zip(todo, pool.map(lambda it: _probe(prober, it.path), todo), strict=True))
     else:
         fresh = {}
     out.probe_s = time.monotonic() - t

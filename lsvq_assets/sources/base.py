@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lsvq_assets.core import storage
+from lsvq_assets.core.files import remove_stale_temps
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.store import ClipRecord, FetchState, utc_now
-from lsvq_assets.core.files import remove_stale_temps, sha256_file
 
 
 @dataclass(frozen=True)
@@ -217,7 +217,9 @@ def _cached(rec: ClipRecord | None, src: str, clips: StoredClips, verify: bool) 
     return ClipRecord(src=src, state="done", sha256=digest, size=size)
 
 
-def _delivering(layout: Layout, recorder: Callable[[ClipResult], None], on_landed: Callable[[ClipResult], None] | None) -> Callable[[ClipResult], None]:
+def _delivering(
+    layout: Layout, recorder: Callable[[ClipResult], None], on_landed: Callable[[ClipResult], None] | None
+) -> Callable[[ClipResult], None]:
     """The source's ``on_result``: with an object-store root, a clip that landed in the scratch
     directory is handed to ``on_landed`` (probed) and uploaded (streamed; the object appears whole
     when the upload completes) before it is recorded; a failed upload is a transient failure."""
@@ -232,7 +234,9 @@ def _delivering(layout: Layout, recorder: Callable[[ClipResult], None], on_lande
                     on_landed(res)
                 storage.put_file(local, layout.clip_location(res.src))
             except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure, retried next run
-                res = ClipResult(res.src, ok=False, reason=f"upload-error: {type(exc).__name__}: {exc}"[:300], transient=True, attempts=res.attempts)
+                res = ClipResult(
+                    res.src, ok=False, reason=f"upload-error: {type(exc).__name__}: {exc}"[:300], transient=True, attempts=res.attempts
+                )
             finally:
                 local.unlink(missing_ok=True)
         recorder(res)
@@ -245,9 +249,7 @@ def _from_outcome(row: Mapping) -> ClipRecord | None:
     if row.get("status") != FAILED and row.get("sha256"):
         return ClipRecord(src=row["src"], state="done", sha256=row["sha256"], size=row["size"], ingested_at_utc=row["ingested_at_utc"])
     if row.get("status") == FAILED and not row.get("transient"):
-        return ClipRecord(
-            src=row["src"], state="failed", reason=row.get("reason"), http_status=row.get("http_status"), transient=False
-        )
+        return ClipRecord(src=row["src"], state="failed", reason=row.get("reason"), http_status=row.get("http_status"), transient=False)
     return None
 
 
