@@ -31,6 +31,12 @@ test: $(STAMP)
 test-postgres: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m postgres lsvq_assets_tests
 
+## make lint: ruff (lint + format check) and mypy on the package, as .ci/run does before the tests
+lint: $(STAMP)
+	$(BIN)/ruff check lsvq_assets
+	$(BIN)/ruff format --check lsvq_assets
+	$(BIN)/mypy
+
 ## make test-quick: without the long fault-injection tests
 test-quick: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not browser"

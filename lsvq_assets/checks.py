@@ -21,10 +21,27 @@ MOS_SCALE = (0.0, 100.0)  # LSVQ's crowd MOS: kept verbatim, never rescaled
 
 def shard_check_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     return [
-        dg.AssetCheckSpec(SCHEMA_CHECK, asset=asset, blocking=True, description="Every line: the 15 keys with their types, sorted-key bytes, finite MOS, unique sha256. Runs on the staged file: a failing shard is never published."),
-        dg.AssetCheckSpec(ACCOUNTING_CHECK, asset=asset, description="Rows written + download failures + broken + dedups = the split's rows after the cap; WARN while partitions are pending."),
-        dg.AssetCheckSpec(ATTRITION_CHECK, asset=asset, description="Download failures / rows at most attrition_warn_threshold (the seed's advisory WARNING)."),
-        dg.AssetCheckSpec(MOS_SCALE_CHECK, asset=asset, description="Every MOS within LSVQ's 0-100 scale (a WARN: third-party aggregators assume 1-5)."),
+        dg.AssetCheckSpec(
+            SCHEMA_CHECK,
+            asset=asset,
+            blocking=True,
+            description="Every line: the 15 keys with their types, sorted-key bytes, finite MOS, unique sha256. "
+            "Runs on the staged file: a failing shard is never published.",
+        ),
+        dg.AssetCheckSpec(
+            ACCOUNTING_CHECK,
+            asset=asset,
+            description="Rows written + download failures + broken + dedups = the split's rows after the cap; "
+            "WARN while partitions are pending.",
+        ),
+        dg.AssetCheckSpec(
+            ATTRITION_CHECK,
+            asset=asset,
+            description="Download failures / rows at most attrition_warn_threshold (the seed's advisory WARNING).",
+        ),
+        dg.AssetCheckSpec(
+            MOS_SCALE_CHECK, asset=asset, description="Every MOS within LSVQ's 0-100 scale (a WARN: third-party aggregators assume 1-5)."
+        ),
     ]
 
 
@@ -60,7 +77,11 @@ def attrition_check(stats: Mapping, threshold: float) -> dg.AssetCheckResult:
         passed=attrition <= threshold,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"attrition {attrition:.2%} against threshold {threshold:.2%}",
-        metadata={"attrition_pct": float(stats["attrition_pct"]), "threshold": float(threshold), "skipped_download": stats["skipped_download"]},
+        metadata={
+            "attrition_pct": float(stats["attrition_pct"]),
+            "threshold": float(threshold),
+            "skipped_download": stats["skipped_download"],
+        },
     )
 
 
@@ -87,7 +108,7 @@ def accounting_check(stats: Mapping, rows: int, pending: Mapping[str, int]) -> d
 def mos_scale_check(mos_range: Mapping) -> dg.AssetCheckResult:
     lo, hi = MOS_SCALE
     low, high = mos_range.get("min"), mos_range.get("max")
-    passed = low is None or (lo <= low and high <= hi)
+    passed = low is None or high is None or (lo <= low and high <= hi)
     return dg.AssetCheckResult(
         check_name=MOS_SCALE_CHECK,
         passed=passed,
@@ -99,8 +120,10 @@ def mos_scale_check(mos_range: Mapping) -> dg.AssetCheckResult:
 
 def shard_sha256s(path) -> dict[str, str]:
     """sha256 -> src of a published shard (empty when it does not exist yet)."""
+    from lsvq_assets.core import storage
+
     try:
-        text = path.read_text()
+        text = storage.read_bytes(path).decode()
     except FileNotFoundError:
         return {}
     out: dict[str, str] = {}
@@ -126,7 +149,9 @@ def leakage_check(split: str, leaks: Sequence[dict], splits: Sequence[str]) -> d
         check_name=LEAKAGE_CHECK,
         passed=not leaks,
         severity=dg.AssetCheckSeverity.ERROR,
-        description=f"{len(leaks)} clips of {split} are also in another split (same sha256)" if leaks else f"no clip of {split} is in another split",
+        description=f"{len(leaks)} clips of {split} are also in another split (same sha256)"
+        if leaks
+        else f"no clip of {split} is in another split",
         metadata={
             "leaked": len(leaks),
             "clips": md_table(list(leaks), ["src_sha256", *splits], limit=100),

@@ -21,7 +21,7 @@ log = logging.getLogger("lsvq_assets")
 class _StderrHandler(logging.StreamHandler):
     """Writes to whatever ``sys.stderr`` is now (a caller may have replaced it since import)."""
 
-    @property  # type: ignore[override]
+    @property
     def stream(self):  # noqa: ANN201
         return sys.stderr
 
@@ -84,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument(s.flag, dest=dest(s), metavar=metavar, help=help_text)
     a = p.add_argument
     a("--full", action="store_true", help="no row cap: ingest every row of every split (--max-rows 0)")
-    a("--partition", action="append", metavar="KEY", help="run only this partition (repeatable), then assemble the shards from every partition materialised so far")
+    a(
+        "--partition",
+        action="append",
+        metavar="KEY",
+        help="run only this partition (repeatable), then assemble the shards from every partition materialised so far",
+    )
     a("--curl-bin", help="accepted for the seed's scripts and ignored: clips are fetched in-process")
     a("--retry-failed", action="store_true", help="also retry clips that failed permanently (404, 410, empty body)")
     a("--verify", action="store_true", help="re-hash clips already on disk; a clip whose bytes changed is removed and fetched again")
@@ -142,7 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary.update(
                 max_rows=lsvq.max_rows,
                 partitions=len(plan.partitions),
-                label_files={s: {"path": str(m.path), "format": m.format, "data_rows": m.data_rows, "defaulted": m.defaulted} for s, m in plan.splits.items()},
+                label_files={
+                    s: {"path": str(m.path), "format": m.format, "data_rows": m.data_rows, "defaulted": m.defaulted}
+                    for s, m in plan.splits.items()
+                },
             )
             print(json.dumps(summary))
             return 0
@@ -157,7 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything imported now lives for the whole run: keep the collector from walking it again
         # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/).
         gc.freeze()
-        return run_cli(config, plan, keys, log_level=args.log_level, options=options, argv=argv_used, wait=args.wait, chosen=bool(args.partition))
+        return run_cli(
+            config, plan, keys, log_level=args.log_level, options=options, argv=argv_used, wait=args.wait, chosen=bool(args.partition)
+        )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

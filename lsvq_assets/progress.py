@@ -46,10 +46,7 @@ class Counter:
     def line(self) -> str:
         elapsed = time.monotonic() - self.started
         rate = self.bytes / elapsed if elapsed > 0 else 0.0
-        return (
-            f"{self.done}/{self.total} clips, {_human(self.bytes)}, {_human(rate)}/s, "
-            f"ETA {_eta(self.done, self.total, elapsed)}"
-        )
+        return f"{self.done}/{self.total} clips, {_human(self.bytes)}, {_human(rate)}/s, ETA {_eta(self.done, self.total, elapsed)}"
 
 
 class LogProgress:
@@ -74,7 +71,9 @@ class LogProgress:
 class Board:
     """The CLI's progress: tqdm bars on a terminal, else a summary line every ``interval_s``."""
 
-    def __init__(self, total: int, stream: Any = None, tty: bool | None = None, interval_s: float = 30.0, log: Callable[[str], Any] | None = None) -> None:
+    def __init__(
+        self, total: int, stream: Any = None, tty: bool | None = None, interval_s: float = 30.0, log: Callable[[str], Any] | None = None
+    ) -> None:
         self.stream = stream or sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
         self.overall = Counter(total)
@@ -89,7 +88,7 @@ class Board:
             self._tqdm = tqdm
             self.bar = tqdm(total=total, desc="all partitions", unit="clip", file=self.stream, position=0)
 
-    def partition(self, key: str, total: int) -> "BoardPartition":
+    def partition(self, key: str, total: int) -> BoardPartition:
         with self.lock:
             slot = next((i for i, used in enumerate(self.slots) if not used), len(self.slots))
             if slot == len(self.slots):

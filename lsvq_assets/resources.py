@@ -6,16 +6,20 @@ variables that are set.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from collections.abc import Mapping
+import shutil
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import dagster as dg
 
+from lsvq_assets.core import storage
 from lsvq_assets.core.errors import ManifestError, UserError
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import Manifest, read_manifest
 from lsvq_assets.core.partitioning import Plan, parse_splits, partition_rows
+from lsvq_assets.core.storage import Location
 from lsvq_assets.probing import Prober, make_prober
 from lsvq_assets.settings import SETTINGS, env_config, field
 from lsvq_assets.sources.archive import ArchiveClipSource
@@ -30,6 +34,7 @@ class LsvqSettings(dg.ConfigurableResource):
     """Where the working files are, which label files (splits) to ingest and how many rows of each."""
 
     lsvq_dir: str = field("lsvq", "lsvq_dir")
+    storage: str = field("lsvq", "storage")
     splits: str = field("lsvq", "splits")
     manifest_csv: str = field("lsvq", "manifest_csv")
     progress_path: str = field("lsvq", "progress_path")
@@ -45,7 +50,23 @@ class LsvqSettings(dg.ConfigurableResource):
     flat_chunk_rows: int = field("lsvq", "flat_chunk_rows")
 
     def layout(self) -> Layout:
-        return Layout.create(self.lsvq_dir, self.progress_path, self.clips_subdir)
+        return Layout.create(self.lsvq_dir, self.progress_path, self.clips_subdir, self.storage)
+
+    @contextlib.contextmanager
+    def run_layout(self, run_id: str) -> Iterator[Layout]:
+        """The layout of one run: with an object-store root, clips land in the run's own empty
+        scratch directory under the working directory, removed when the run's step ends."""
+        layout = self.layout()
+        if not layout.remote:
+            yield layout
+            return
+        scratch = layout.lsvq_dir / "scratch" / run_id
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        try:
+            yield layout.with_scratch(scratch)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
 
     @property
     def named_splits(self) -> bool:
@@ -84,21 +105,22 @@ class LsvqSettings(dg.ConfigurableResource):
         manifests = {name: self.read_split(name) for name in self.split_files()}
         return _plan_cached(tuple((n, id(m)) for n, m in manifests.items()), manifests, self.flat_chunk_rows, self.max_rows)
 
-    def shard_paths(self, split: str) -> tuple[Path, Path]:
-        """(JSONL shard, replay manifest) of a split."""
-        base = Path(self.output_dir or self.lsvq_dir).expanduser().absolute()
+    def shard_paths(self, split: str) -> tuple[Location, Location]:
+        """(JSONL shard, replay manifest) of a split: local paths or object-store URLs."""
+        base = storage.location(self.output_dir or self.lsvq_dir)
         if self.named_splits and len(self.split_files()) > 1:
             if self.output or self.manifest_out:
                 raise UserError("--output / --manifest-out name one shard: with several splits use --output-dir (LSVQ_OUTPUT_DIR).")
-            out = base / f"lsvq_{split}.jsonl"
+            out = storage.join(base, f"lsvq_{split}.jsonl")
         elif self.output:
-            out = Path(self.output).expanduser().absolute()
+            out = storage.location(self.output)
         else:
-            out = base / ("lsvq.jsonl" if not self.named_splits else f"lsvq_{split}.jsonl")
+            out = storage.join(base, "lsvq.jsonl" if not self.named_splits else f"lsvq_{split}.jsonl")
         if self.manifest_out:
-            return out, Path(self.manifest_out).expanduser().absolute()
-        stem = out.name[: -len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-        return out, out.with_name(stem + ".manifest.json")
+            return out, storage.location(self.manifest_out)
+        text = str(out)
+        stem = text[: -len(".jsonl")] if text.endswith(".jsonl") else text
+        return out, storage.location(stem + ".manifest.json")
 
 
 @functools.lru_cache(maxsize=8)

@@ -7,20 +7,21 @@ import logging
 import os
 import shlex
 import signal
-import threading
-from collections.abc import Callable
 import socket
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dagster as dg
 
-from lsvq_assets.core.layout import Layout
-from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets import progress
 from lsvq_assets.automation import PARTITION_JOB
 from lsvq_assets.checks import LEAKAGE_CHECK
+from lsvq_assets.core import storage
+from lsvq_assets.core.layout import Layout
+from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets.core.partitioning import Plan
 from lsvq_assets.partitions import register_partitions
 
@@ -91,7 +92,7 @@ def run_partitions(
     chosen: bool = False,
 ) -> CliReport:
     """Materialise each partition that is not current (one run each), then every split's shard."""
-    from lsvq_assets.automation import SHARDS_JOB, read_state, observe
+    from lsvq_assets.automation import SHARDS_JOB, observe, read_state
     from lsvq_assets.definitions import build_defs
     from lsvq_assets.resources import LsvqSettings
     from lsvq_assets.schedules import refresh_plan
@@ -105,16 +106,22 @@ def run_partitions(
     if force:
         todo = list(keys)
     else:
-        asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [dg.AssetKey(f"lsvq_rows_{s}") for s in splits]
+        asset_keys = [dg.AssetKey(k) for k in ("lsvq_manifest", "lsvq_clips", "lsvq_probes")] + [
+            dg.AssetKey(f"lsvq_rows_{s}") for s in splits
+        ]
         layout = lsvq.layout()
-        outputs_there = lambda k: all(layout.partition_file(k, f"rows_{s}.parquet").exists() for s in state.splits_in.get(k, []))  # noqa: E731
+        outputs_there = lambda k: all(storage.exists(layout.partition_file(k, f"rows_{s}.parquet")) for s in state.splits_in.get(k, []))  # noqa: E731
         # Partitions the operator named run even when a run of theirs looks in progress (a CLI
         # killed on another host leaves one); others with a live run elsewhere are left alone.
         need = refresh_plan(instance, state, asset_keys, keys, skip_in_progress=not chosen)
         todo = [k for k in keys if k in need or not outputs_there(k)]
         report.skipped = [k for k in keys if k not in todo]
         if report.skipped:
-            log.info("%d of %d partitions are current (label rows, outputs and last run unchanged): not run again", len(report.skipped), len(keys))
+            log.info(
+                "%d of %d partitions are current (label rows, outputs and last run unchanged): not run again",
+                len(report.skipped),
+                len(keys),
+            )
     observe(instance, state, todo)
     job = defs.resolve_job_def(PARTITION_JOB)
     board = progress.Board(sum(len({r.src for r in plan.partitions[k]}) for k in todo), log=log.info)
@@ -133,7 +140,9 @@ def run_partitions(
     with _SignalWatch() as signalled:
         try:
             for key in todo:
-                result = job.execute_in_process(partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False)
+                result = job.execute_in_process(
+                    partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False
+                )
                 if (not result.success and _interrupted(result)) or signalled():
                     raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
                 finished(key, result)
@@ -141,7 +150,9 @@ def run_partitions(
             progress.install(None)
             board.close()
         shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
-        result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(instance=instance, run_config=shard_config, tags=tags, raise_on_error=False)
+        result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(
+            instance=instance, run_config=shard_config, tags=tags, raise_on_error=False
+        )
         if (not result.success and _interrupted(result)) or signalled():
             raise KeyboardInterrupt("shards")
     for split in splits:
@@ -151,7 +162,8 @@ def run_partitions(
     for ev in result.get_asset_check_evaluations():
         if ev.check_name == LEAKAGE_CHECK and not ev.passed:
             split = ev.asset_key.path[-1].removeprefix("lsvq_shard_")
-            report.leaks[split] = list(ev.metadata["records"].value) if "records" in ev.metadata else []
+            records = ev.metadata["records"].value if "records" in ev.metadata else []
+            report.leaks[split] = [dict(r) for r in records] if isinstance(records, list) else []
     if not result.success:
         raise ShardFailed(f"assembling the shards failed: {_failure_message(result)}")
     return report
@@ -265,11 +277,20 @@ def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, op
     log.info(
         "%s; %d of %d partitions hold the rows under the cap; Dagster instance %s",
         ", ".join(f"{s}: {len(plan.capped(s))} rows from {m.path}" for s, m in plan.splits.items()),
-        len(keys), len(plan.partitions), instance.root_directory,
+        len(keys),
+        len(plan.partitions),
+        instance.root_directory,
     )
     try:
         report = run_partitions(
-            config, plan, keys, instance, run_config=run_config, tags=tags, force=bool(options.get("retry_failed") or options.get("verify")), chosen=chosen
+            config,
+            plan,
+            keys,
+            instance,
+            run_config=run_config,
+            tags=tags,
+            force=bool(options.get("retry_failed") or options.get("verify")),
+            chosen=chosen,
         )
     except ShardFailed as exc:
         print(f"error: {exc}; the partitions are recorded: run the same command again.", file=sys.stderr)
@@ -282,11 +303,15 @@ def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, op
             log.warning(
                 "attrition %.2f%% of %s (%d of %d rows failed to download) is above --attrition-warn-threshold %.2f; "
                 "the failures are in the shard's failed_clips table and in each partition's lsvq_clips outcome table",
-                meta["attrition_pct"], split, meta["skipped_download"], meta.get("rows", 0), threshold,
+                meta["attrition_pct"],
+                split,
+                meta["skipped_download"],
+                meta.get("rows", 0),
+                threshold,
             )
         if meta.get("pending_rows"):
             log.warning("%s: %d rows wait for partitions not materialised yet", split, meta["pending_rows"])
-    for split, leaks in report.leaks.items():
+    for leaks in report.leaks.values():
         for leak in leaks:
             where = ", ".join(f"{s}: {leak[s]}" for s in plan.splits if leak.get(s))
             print(f"leakage: the same clip (sha256 {leak['src_sha256'][:16]}) is in two splits: {where}", file=sys.stderr)

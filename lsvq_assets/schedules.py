@@ -15,7 +15,8 @@ from lsvq_assets.resources import AutomationSettings, LsvqSettings
 def latest_data_version(instance: dg.DagsterInstance, key: dg.AssetKey, partition: str) -> str | None:
     """The data version of the partition's latest materialisation (None when there is none)."""
     records = instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1).records
-    return records[0].asset_materialization.tags.get("dagster/data_version") if records else None
+    mat = records[0].asset_materialization if records else None
+    return (mat.tags or {}).get("dagster/data_version") if mat is not None else None
 
 
 def needed_assets(asset_keys: Sequence[dg.AssetKey], splits: Sequence[str]) -> list[dg.AssetKey]:
@@ -25,7 +26,11 @@ def needed_assets(asset_keys: Sequence[dg.AssetKey], splits: Sequence[str]) -> l
 
 
 def refresh_plan(
-    instance: dg.DagsterInstance, state: LabelState, asset_keys: Sequence[dg.AssetKey], keys: Sequence[str] | None = None, skip_in_progress: bool = True
+    instance: dg.DagsterInstance,
+    state: LabelState,
+    asset_keys: Sequence[dg.AssetKey],
+    keys: Sequence[str] | None = None,
+    skip_in_progress: bool = True,
 ) -> dict[str, str]:
     """Partition -> why it needs a run, in partition order, among ``keys`` (default: the selected ones).
 

@@ -31,11 +31,17 @@ class LabelsCursor:
     pending: list[str] = field(default_factory=list)
 
     @classmethod
-    def parse(cls, text: str | None) -> "LabelsCursor":
+    def parse(cls, text: str | None) -> LabelsCursor:
         data = json.loads(text) if text else {}
         if "files" not in data:  # a cursor of the single-manifest version: start over
             data = {}
-        return cls(dict(data.get("files", {})), data.get("basis", ""), dict(data.get("requested", {})), dict(data.get("observed", {})), list(data.get("pending", [])))
+        return cls(
+            dict(data.get("files", {})),
+            data.get("basis", ""),
+            dict(data.get("requested", {})),
+            dict(data.get("observed", {})),
+            list(data.get("pending", [])),
+        )
 
     def dumps(self) -> str:
         data = {"files": self.files, "basis": self.basis, "requested": self.requested, "observed": self.observed, "pending": self.pending}
@@ -112,7 +118,10 @@ def lsvq_manifest_sensor(
         for key in launch
     ]
     if later:
-        context.log.info(f"{len(launch)} partition runs requested; {len(later)} more on the next ticks (max_runs_per_tick={lsvq_automation.max_runs_per_tick})")
+        context.log.info(
+            f"{len(launch)} partition runs requested; {len(later)} more on the next ticks "
+            f"(max_runs_per_tick={lsvq_automation.max_runs_per_tick})"
+        )
     return dg.SensorResult(
         run_requests=requests,
         # Registered by the daemon before it launches the runs of this same tick.

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from lsvq_assets.assets.manifest import MANIFEST_FILE, URLS_META
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, counts_md, md_table
+from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.locks import describe, slice_lock
 from lsvq_assets.core.store import FetchState
 from lsvq_assets.core.tables import read_manifest_rows, read_meta, read_table, write_table
@@ -108,7 +109,20 @@ def lsvq_clips(
     """
     started = time.monotonic()
     key = context.partition_key
-    layout = lsvq.layout()
+    with lsvq.run_layout(context.run.run_id) as layout:
+        return _materialise(context, config, lsvq, clip_source, prober, key, layout, started)
+
+
+def _materialise(
+    context: dg.AssetExecutionContext,
+    config: ClipsConfig,
+    lsvq: LsvqSettings,
+    clip_source: ClipSourceResource,
+    prober: ProbeResource,
+    key: str,
+    layout: Layout,
+    started: float,
+) -> dg.MaterializeResult:
     manifest_path = layout.partition_file(key, MANIFEST_FILE)
     rows = list({r.src: r for r in reversed(read_manifest_rows(manifest_path))}.values())[::-1]  # one per clip
     outcome_path = layout.partition_file(key, CLIPS_FILE)
@@ -124,7 +138,8 @@ def lsvq_clips(
 
         with slice_lock(layout.lsvq_dir, key, f"lsvq_clips, run {context.run.run_id}", on_wait=waiting):
             ahead = _probe_ahead(prober) if config.probe_ahead else None
-            on_fetched = (lambda res: ahead.submit(res.sha256, layout.clip_path(res.src))) if ahead else None
+            on_fetched = (lambda res: ahead.submit(res.sha256, layout.clip_path(res.src))) if ahead and not layout.remote else None
+            on_landed = (lambda res: ahead.probe_now(res.sha256, layout.clip_path(res.src))) if ahead and layout.remote else None
             with FetchState(layout.state_path(key)) as store:
                 if layout.progress_path.is_file():  # the seed's .download-progress.json: private fetch state
                     imported = store.import_seed_progress(layout.progress_path, {r.name: r.src for r in rows})
@@ -141,6 +156,7 @@ def lsvq_clips(
                         retry_failed=config.retry_failed,
                         verify=config.verify,
                         on_fetched=on_fetched,
+                        on_landed=on_landed,
                         on_progress=progress.update,
                     )
                 except BaseException:
@@ -192,7 +208,7 @@ def lsvq_clips(
             "throughput_mb_s": dg.MetadataValue.float(round(rate, 2)),
             "source": source.name,
             "outcome_table": dg.MetadataValue.path(str(outcome_path)),
-            "dagster/uri": dg.MetadataValue.path(str(layout.clips_dir)),
+            "dagster/uri": dg.MetadataValue.path(str(layout.clips_root)),
             "dagster/column_schema": column_schema(CLIPS_SCHEMA),
             "probed_ahead": probed_ahead,
             "timings": dg.MetadataValue.json(timings),

@@ -57,9 +57,10 @@ def manifest_asset(splits: Sequence[str]) -> dg.AssetsDefinition:
         except UserError as exc:
             raise dg.Failure(description=str(exc), allow_retries=False) from None
         rows = plan.partitions.get(key)
+        files = ", ".join(f"{s}: {m.path}" for s, m in plan.splits.items())
         if rows is None:
             raise dg.Failure(
-                description=f"partition {key!r} holds no row of the label files ({', '.join(f'{s}: {m.path}' for s, m in plan.splits.items())}); "
+                description=f"partition {key!r} holds no row of the label files ({files}); "
                 f"they have {len(plan.partitions)} partitions. Was the key added by hand, or did a label file change? "
                 "Old keys are harmless: nothing reads them.",
                 allow_retries=False,
@@ -75,7 +76,17 @@ def manifest_asset(splits: Sequence[str]) -> dg.AssetsDefinition:
                 "dagster/column_schema": column_schema(MANIFEST_SCHEMA),
                 "rows_by_split": counts_md({s: per_split.get(s, 0) for s in plan.splits}),
                 "label_files": md_table(
-                    [{"split": s, "path": str(m.path), "format": m.format, "sha256": m.sha256[:16], "rows": len(m.rows), "dropped": len(m.dropped)} for s, m in plan.splits.items()],
+                    [
+                        {
+                            "split": s,
+                            "path": str(m.path),
+                            "format": m.format,
+                            "sha256": m.sha256[:16],
+                            "rows": len(m.rows),
+                            "dropped": len(m.dropped),
+                        }
+                        for s, m in plan.splits.items()
+                    ],
                     ["split", "path", "format", "sha256", "rows", "dropped"],
                 ),
                 "dropped_by_reason": counts_md(plan.dropped()),

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from lsvq_assets.assets.clips import CLIPS_FILE, lsvq_clips
 from lsvq_assets.assets.meta import GROUP, OWNERS, column_schema, md_table
+from lsvq_assets.core import storage
 from lsvq_assets.core.store import FetchState
 from lsvq_assets.core.tables import read_table, write_table
 from lsvq_assets.partitions import folder_partitions
@@ -37,11 +38,12 @@ def _summary(table: list[dict]) -> str:
     def top(counter: Counter) -> str:
         return ", ".join(f"{k} ({v})" for k, v in counter.most_common(8)) or "none"
 
+    resolutions = Counter("{}x{}".format(r["width"], r["height"]) for r in table)  # noqa: UP032 - Python 3.10 f-strings
     return "\n".join(
         [
             f"**{len(table)} clips probed**",
             f"- codecs: {top(Counter(r['encoder_upstream'] for r in table))}",
-            f"- resolutions: {top(Counter('%dx%d' % (r['width'], r['height']) for r in table))}",
+            f"- resolutions: {top(resolutions)}",
             f"- frame rates: {top(Counter(round(r['framerate'], 3) for r in table))}",
             f"- pixel formats: {top(Counter(r['pix_fmt'] for r in table))}",
         ]
@@ -67,14 +69,21 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
     """
     started = time.monotonic()
     key = context.partition_key
-    layout = lsvq.layout()
-    clips = [c for c in read_table(layout.partition_file(key, CLIPS_FILE)) if c["status"] != FAILED]
-    items = [ProbeItem(c["src"], layout.clip_path(c["src"]), c["sha256"], c["size"]) for c in clips]
     impl = prober.prober()
-    with FetchState(layout.state_path(key)) as store:
-        result = probe_clips(items, impl, store, prober.concurrency)
+    with lsvq.run_layout(context.run.run_id) as layout:
+        clips = [c for c in read_table(layout.partition_file(key, CLIPS_FILE)) if c["status"] != FAILED]
+        items = [ProbeItem(c["src"], layout.clip_path(c["src"]), c["sha256"], c["size"]) for c in clips]
+        with FetchState(layout.state_path(key)) as store:
+            if layout.remote:  # the clips the probe cache does not know come down to the run's scratch
+                known = store.get_probes((it.sha256, impl.name) for it in items)
+                for it in items:
+                    if (it.sha256, impl.name) not in known:
+                        storage.get_file(layout.clip_location(it.src), it.path)
+            result = probe_clips(items, impl, store, prober.concurrency)
     table = [
-        {"src": it.src, "sha256": it.sha256, **result.probes[it.src]} if it.src in result.probes else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}
+        {"src": it.src, "sha256": it.sha256, **result.probes[it.src]}
+        if it.src in result.probes
+        else {"src": it.src, "sha256": it.sha256, "broken": result.broken[it.src]}
         for it in items
     ]
     path = layout.partition_file(key, PROBES_FILE)
@@ -94,7 +103,11 @@ def lsvq_probes(context: dg.AssetExecutionContext, lsvq: LsvqSettings, prober: P
             "dagster/uri": dg.MetadataValue.path(str(path)),
             "dagster/column_schema": column_schema(PROBES_SCHEMA),
             "timings": dg.MetadataValue.json(
-                {"probe_s": round(result.probe_s, 3), "store_s": round(result.store_s, 3), "compute_s": round(time.monotonic() - started, 3)}
+                {
+                    "probe_s": round(result.probe_s, 3),
+                    "store_s": round(result.store_s, 3),
+                    "compute_s": round(time.monotonic() - started, 3),
+                }
             ),
         },
         data_version=dg.DataVersion(version),

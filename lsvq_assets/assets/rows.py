@@ -28,7 +28,9 @@ def rows_file(split: str) -> str:
     return f"rows_{split}.parquet"
 
 
-def partition_rows_table(manifest: Sequence[dict], clips: Sequence[dict], probes: Sequence[dict], corpus_version: str) -> dict[str, list[dict]]:
+def partition_rows_table(
+    manifest: Sequence[dict], clips: Sequence[dict], probes: Sequence[dict], corpus_version: str
+) -> dict[str, list[dict]]:
     """Split -> its rows of the partition in file order, each with its outcome and (when written) its line.
 
     Raises ValueError when the tables disagree (a probe of other bytes than the clip's): the
@@ -39,7 +41,15 @@ def partition_rows_table(manifest: Sequence[dict], clips: Sequence[dict], probes
     out: dict[str, list[dict]] = {}
     for m in manifest:
         clip, probe = by_clip.get(m["src"]), by_probe.get(m["src"])
-        row = {"src": m["src"], "mos": m["mos"], "mos_std_dev": m["mos_std_dev"], "n_ratings": m["n_ratings"], "reason": None, "src_sha256": None, "line": None}
+        row = {
+            "src": m["src"],
+            "mos": m["mos"],
+            "mos_std_dev": m["mos_std_dev"],
+            "n_ratings": m["n_ratings"],
+            "reason": None,
+            "src_sha256": None,
+            "line": None,
+        }
         if clip is None:
             raise ValueError(f"{m['src']} is in the partition's manifest but not in its outcome table")
         if clip["status"] == FAILED:

@@ -24,7 +24,7 @@ from lsvq_assets.checks import (
     shard_check_specs,
     shard_sha256s,
 )
-from lsvq_assets.core.files import atomic_path, sha256_file
+from lsvq_assets.core import storage
 from lsvq_assets.core.replay import replay_manifest, run_provenance, write_replay
 from lsvq_assets.core.rows import CORPUS, assemble
 from lsvq_assets.core.tables import read_table
@@ -53,13 +53,16 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
     plan = lsvq.plan()
     layout = lsvq.layout()
     capped = plan.capped(split)
-    pairs, failed, broken, pending = [], [], [], {}
+    pairs: list[tuple[int, str, dict]] = []
+    failed: list[dict] = []
+    broken: list[dict] = []
+    pending: dict[str, int] = {}
     tables: dict[str, dict[str, dict]] = {}
     for i, row in enumerate(capped):
         key = plan.key_of[row.src]
         if key not in tables:
             path = layout.partition_file(key, rows_file(split))
-            tables[key] = {r["src"]: r for r in read_table(path)} if path.exists() else {}
+            tables[key] = {r["src"]: r for r in read_table(path)} if storage.exists(path) else {}
         got = tables[key].get(row.src)
         if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
             pending[key] = pending.get(key, 0) + 1
@@ -146,7 +149,7 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
             "flat_chunk_rows": lsvq.flat_chunk_rows,
         }
         keys = plan.split_partitions(split)
-        with atomic_path(out_path) as staged:
+        with storage.publish(out_path, lsvq.layout().lsvq_dir / "scratch") as staged:
             staged.write_text("".join(line + "\n" for line in out.lines))
             # The blocking check reads the staged file: what would be published, byte for byte.
             staged_lines = staged.read_text().splitlines()
@@ -159,7 +162,7 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
                     metadata={"invalid": md_table(bad, ["line", "problems"]), "invalid_lines": len(bad)},
                     allow_retries=False,
                 )
-        digest = sha256_file(out_path)[0]
+        digest = storage.sha256(out_path)[0]
         tags = context.run.tags
         entry = Path(lsvq_assets.__file__).parent / ("cli.py" if "lsvq/argv" in tags else "definitions.py")
         provenance = run_provenance(
@@ -174,7 +177,9 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
         )
         context.log.info(summary)
         if pending:
-            context.log.warning(f"{sum(pending.values())} rows of {split} wait for {len(pending)} partitions: {', '.join(list(pending)[:10])}")
+            context.log.warning(
+                f"{sum(pending.values())} rows of {split} wait for {len(pending)} partitions: {', '.join(list(pending)[:10])}"
+            )
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(out.lines),

@@ -68,9 +68,7 @@ def describe(holder: dict) -> str:
 
 
 @contextlib.contextmanager
-def file_lock(
-    path: Path, what: str, *, wait: bool, on_wait: Callable[[dict], None] | None = None
-) -> Iterator[None]:
+def file_lock(path: Path, what: str, *, wait: bool, on_wait: Callable[[dict], None] | None = None) -> Iterator[None]:
     """Hold an exclusive ``flock`` on ``path`` for the block.
 
     Taken: ``wait=False`` raises ``LockHeld``; ``wait=True`` calls ``on_wait(holder)`` once and

@@ -129,8 +129,7 @@ def _read_text(path: Path) -> tuple[str, str]:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise ManifestError(
-            f"manifest not found: {path}. Put the LSVQ split CSV there or pass --manifest-csv "
-            f"(LSVQ_MANIFEST_CSV). {LABELS_HINT}"
+            f"manifest not found: {path}. Put the LSVQ split CSV there or pass --manifest-csv (LSVQ_MANIFEST_CSV). {LABELS_HINT}"
         ) from None
     except IsADirectoryError:
         raise ManifestError(f"{path} is a directory, not a manifest file. Pass the CSV's path.") from None
@@ -139,7 +138,7 @@ def _read_text(path: Path) -> tuple[str, str]:
     if not raw.strip():
         raise ManifestError(f"{path} is empty. {LABELS_HINT}")
     if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise ManifestError(f"{path} is UTF-16 text (\"Unicode\" in some editors): save the manifest as UTF-8.")
+        raise ManifestError(f'{path} is UTF-16 text ("Unicode" in some editors): save the manifest as UTF-8.')
     if b"\x00" in raw:
         raise ManifestError(f"{path} is not a text file (it holds NUL bytes). {LABELS_HINT}")
     try:
@@ -147,8 +146,7 @@ def _read_text(path: Path) -> tuple[str, str]:
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ManifestError(
-            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). "
-            f"Save the manifest as UTF-8."
+            f"{path}: line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}). Save the manifest as UTF-8."
         ) from None
     return text, hashlib.sha256(raw).hexdigest()
 

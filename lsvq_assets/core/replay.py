@@ -8,15 +8,25 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from lsvq_assets.core.files import atomic_write_bytes
+from lsvq_assets.core import storage
 from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.storage import Location
 
 SCHEMA = "lsvq-corpus-jsonl-manifest-v1"
 PROVENANCE_SCHEMA = "ai-run-provenance-v1"
 
 
-def file_info(path: Path) -> dict:
-    """path / exists / kind / sha256 (files only) of one input or output."""
+def file_info(path: Location) -> dict:
+    """path / exists / kind / sha256 (files only) of one input or output (an object-store URL too)."""
+    if storage.is_remote(path):
+        there = storage.exists(path)
+        return {
+            "path": str(path),
+            "exists": there,
+            "kind": "object" if there else "missing",
+            **({"sha256": storage.sha256(path)[0]} if there else {}),
+        }
+    path = Path(path)
     info: dict = {"path": str(path), "exists": path.exists()}
     if path.is_file():
         info["kind"] = "file"
@@ -26,7 +36,9 @@ def file_info(path: Path) -> dict:
     return info
 
 
-def run_provenance(entry_point: Path, argv: Sequence[str], arguments: Mapping, inputs: Sequence[Path], outputs: Sequence[Path]) -> dict:
+def run_provenance(
+    entry_point: Path, argv: Sequence[str], arguments: Mapping, inputs: Sequence[Location], outputs: Sequence[Location]
+) -> dict:
     return {
         "schema": PROVENANCE_SCHEMA,
         "entry_point": file_info(entry_point),
@@ -55,5 +67,5 @@ def replay_bytes(doc: Mapping) -> bytes:
     return (json.dumps(doc, sort_keys=True, indent=2) + "\n").encode()
 
 
-def write_replay(path: Path, doc: Mapping) -> None:
-    atomic_write_bytes(path, replay_bytes(doc))
+def write_replay(path: Location, doc: Mapping) -> None:
+    storage.write_bytes(path, replay_bytes(doc))

@@ -28,7 +28,8 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from lsvq_assets.core.files import atomic_write_bytes
+from lsvq_assets.core import storage
+from lsvq_assets.core.storage import Location
 
 __all__ = ["CLIP_STATES", "STATE_VERSION", "ClipRecord", "FetchState", "utc_now"]
 
@@ -69,22 +70,13 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
     """The row to store when ``new`` is recorded over ``old`` (None: no row yet)."""
     sha256, size, ingested_at = new.sha256, new.size, new.ingested_at_utc
     if new.state == "done":
-        if (
-            old is not None
-            and old.state in ("done", "broken")
-            and old.sha256 == new.sha256
-            and old.ingested_at_utc is not None
-        ):
+        if old is not None and old.state in ("done", "broken") and old.sha256 == new.sha256 and old.ingested_at_utc is not None:
             # Same bytes as before: re-verification never moves the timestamp.
             ingested_at = old.ingested_at_utc
         else:
             ingested_at = new.ingested_at_utc or now
     elif new.state == "broken":
-        if (
-            old is not None
-            and old.state in ("done", "broken")
-            and (new.sha256 is None or new.sha256 == old.sha256)
-        ):
+        if old is not None and old.state in ("done", "broken") and (new.sha256 is None or new.sha256 == old.sha256):
             # Same file as the row it replaces: inherit what was not given.
             sha256 = old.sha256
             size = new.size if new.size is not None else old.size
@@ -99,10 +91,7 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
         transient=bool(new.transient),
         attempts=(old.attempts if old is not None else 0) + new.attempts,
         ingested_at_utc=ingested_at,
-        first_seen_utc=(
-            old.first_seen_utc if old is not None and old.first_seen_utc
-            else new.first_seen_utc or now
-        ),
+        first_seen_utc=(old.first_seen_utc if old is not None and old.first_seen_utc else new.first_seen_utc or now),
         updated_at_utc=now,
     )
 
@@ -110,14 +99,14 @@ def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
 class FetchState:
     """A partition's private fetch state (see the module docstring). Thread-safe; one writer process."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
+    def __init__(self, path: Location) -> None:
+        self.path = path
         self._lock = threading.Lock()
         self._clips: dict[str, ClipRecord] = {}
         self._probes: dict[str, dict] = {}
         self._seeds: set[str] = set()
         try:
-            data = json.loads(self.path.read_bytes())
+            data = json.loads(storage.read_bytes(self.path))
         except FileNotFoundError:
             return
         except (OSError, ValueError):
@@ -133,7 +122,7 @@ class FetchState:
         self._probes = dict(data.get("probes") or {})
         self._seeds = set(data.get("seed_imports") or ())
 
-    def __enter__(self) -> "FetchState":
+    def __enter__(self) -> FetchState:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -149,7 +138,7 @@ class FetchState:
             "probes": dict(sorted(self._probes.items())),
             "seed_imports": sorted(self._seeds),
         }
-        atomic_write_bytes(self.path, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
+        storage.write_bytes(self.path, json.dumps(doc, separators=(",", ":"), allow_nan=False).encode())
 
     # -- clips -------------------------------------------------------------
 
@@ -260,7 +249,9 @@ class FetchState:
                 elif state == "failed":
                     reason = entry.get("reason")
                     reason = "unknown" if reason is None or reason == "" else str(reason)
-                    rec = ClipRecord(src=src, state="failed", reason="seed: " + reason, transient=False, first_seen_utc=now, updated_at_utc=now)
+                    rec = ClipRecord(
+                        src=src, state="failed", reason="seed: " + reason, transient=False, first_seen_utc=now, updated_at_utc=now
+                    )
                 else:
                     continue
                 self._clips[src] = rec

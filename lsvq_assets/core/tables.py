@@ -1,4 +1,7 @@
-"""The per-slice tables (parquet) the slice assets pass along, read and written in one place."""
+"""The per-partition tables (parquet) the partition assets pass along, read and written in one place.
+
+A table lives at a storage location (``core/storage.py``): a local path or an object-store URL.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +12,10 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lsvq_assets.core import storage
 from lsvq_assets.core.files import atomic_path
 from lsvq_assets.core.manifest import ManifestRow
+from lsvq_assets.core.storage import Location
 
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -42,26 +47,35 @@ ROWS_SCHEMA = pa.schema(
 )
 
 
-def write_table(path: Path, records: Sequence[dict], schema: pa.Schema, meta: dict[str, str] | None = None) -> None:
-    """Write ``records`` as parquet atomically (temp file + rename); ``meta`` goes in the schema's metadata."""
+def write_table(path: Location, records: Sequence[dict], schema: pa.Schema, meta: dict[str, str] | None = None) -> None:
+    """Write ``records`` as parquet, whole or not at all; ``meta`` goes in the schema's metadata."""
     table = pa.Table.from_pylist(list(records), schema=schema.with_metadata(meta) if meta else schema)
-    with atomic_path(path) as tmp:
+    if storage.is_remote(path):
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink)
+        storage.write_bytes(path, sink.getvalue().to_pybytes())
+        return
+    with atomic_path(Path(path)) as tmp:
         pq.write_table(table, tmp)
 
 
-def read_table(path: Path) -> list[dict]:
-    return pq.read_table(path).to_pylist()
+def _source(path: Location) -> object:
+    return pa.BufferReader(storage.read_bytes(path)) if storage.is_remote(path) else path
 
 
-def read_meta(path: Path) -> dict[str, str]:
+def read_table(path: Location) -> list[dict]:
+    return pq.read_table(_source(path)).to_pylist()
+
+
+def read_meta(path: Location) -> dict[str, str]:
     """The schema metadata ``write_table`` stored (without parquet's own keys)."""
-    meta = pq.read_schema(path).metadata or {}
+    meta = pq.read_schema(_source(path)).metadata or {}
     return {k.decode(): v.decode() for k, v in meta.items() if not k.startswith(b"ARROW:")}
 
 
-def write_manifest_rows(path: Path, rows: Sequence[ManifestRow], meta: dict[str, str] | None = None) -> None:
+def write_manifest_rows(path: Location, rows: Sequence[ManifestRow], meta: dict[str, str] | None = None) -> None:
     write_table(path, [dataclasses.asdict(r) for r in rows], MANIFEST_SCHEMA, meta)
 
 
-def read_manifest_rows(path: Path) -> list[ManifestRow]:
+def read_manifest_rows(path: Location) -> list[ManifestRow]:
     return [ManifestRow(**r) for r in read_table(path)]

@@ -55,7 +55,7 @@ def redirect_reason(bad: str) -> str:
     """``check_url``'s reason for a redirect target, e.g. ``redirect-to-bad-scheme: ftp``."""
     prefix = "bad-url-scheme: "
     if bad.startswith(prefix):
-        return "redirect-to-bad-scheme: " + bad[len(prefix):]
+        return "redirect-to-bad-scheme: " + bad[len(prefix) :]
     return "redirect-to-bad-url: " + bad
 
 
@@ -152,7 +152,7 @@ class HttpClient:
     def closed(self) -> bool:
         return self._closed.is_set()
 
-    def __enter__(self) -> "HttpClient":
+    def __enter__(self) -> HttpClient:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -169,8 +169,7 @@ def classify_network_error(exc: BaseException, written: int | None, clen: int | 
     # connect timeout is a ConnectTimeoutError that is not a NewConnectionError.
     for e in chain:
         if isinstance(e, (socket.timeout, urllib3.exceptions.ReadTimeoutError, requests.exceptions.Timeout)) or (
-            isinstance(e, urllib3.exceptions.ConnectTimeoutError)
-            and not isinstance(e, urllib3.exceptions.NewConnectionError)
+            isinstance(e, urllib3.exceptions.ConnectTimeoutError) and not isinstance(e, urllib3.exceptions.NewConnectionError)
         ):
             return FetchFailure("timeout", True, True)
 

@@ -40,7 +40,7 @@ class FetchResult:
 class HttpFetcher(HttpClient):
     """Thread-safe streaming downloader of one URL per call. See the module docstring."""
 
-    def __enter__(self) -> "HttpFetcher":
+    def __enter__(self) -> HttpFetcher:
         return self
 
     def fetch(self, url: str, dest: Path) -> FetchResult:

@@ -16,9 +16,7 @@ def make_prober(backend: str = "pyav", ffprobe_bin: str | None = None) -> Prober
     if backend == "pyav":
         return PyAVProber()
     if backend == "ffprobe":
-        return FFprobeProber(
-            ffprobe_bin if ffprobe_bin is not None else os.environ.get("FFPROBE_BIN") or "ffprobe"
-        )
+        return FFprobeProber(ffprobe_bin if ffprobe_bin is not None else os.environ.get("FFPROBE_BIN") or "ffprobe")
     raise ValueError(f"unknown probe backend {backend!r}; allowed: {', '.join(BACKENDS)}")
 
 

@@ -33,8 +33,7 @@ def resolve_binary(ffprobe_bin: str) -> str:
     found = shutil.which(ffprobe_bin)
     if found is None:
         raise ProbeSetupError(
-            f"ffprobe binary {ffprobe_bin!r} not found or not executable; "
-            "install ffmpeg or pass --ffprobe-bin / set $FFPROBE_BIN"
+            f"ffprobe binary {ffprobe_bin!r} not found or not executable; install ffmpeg or pass --ffprobe-bin / set $FFPROBE_BIN"
         )
     return found
 

@@ -68,6 +68,19 @@ class ProbeAhead:
             if key not in self._futures:  # the same bytes twice (duplicates) are probed once
                 self._futures[key] = self._pool.submit(_probe, self.prober, path)
 
+    def probe_now(self, sha256: str | None, path: Path) -> None:
+        """Probe in the calling thread (the file is about to move away, e.g. to an object store)."""
+        if not sha256:
+            return
+        key = (sha256, self.prober.name)
+        fut: Future = Future()
+        try:
+            fut.set_result(_probe(self.prober, path))
+        except Exception as exc:  # noqa: BLE001 - probe_clips meets it again and reports it
+            fut.set_exception(exc)
+        with self._lock:
+            self._futures.setdefault(key, fut)
+
     def finish(self, store: FetchState | None) -> int:
         """Wait for the probes; cache their results in ``store`` (None: drop them). Returns how many."""
         self._pool.shutdown(wait=True)
@@ -100,7 +113,7 @@ def probe_clips(items: Sequence[ProbeItem], prober: Prober, store: FetchState, c
     t = time.monotonic()
     if todo:
         with ThreadPoolExecutor(max(1, min(concurrency, len(todo))), thread_name_prefix="lsvq-probe") as pool:
-            fresh = dict(zip(todo, pool.map(lambda it: _probe(prober, it.path), todo)))
+            fresh = dict(zip(todo, pool.map(lambda it: _probe(prober, it.path), todo), strict=True))
     else:
         fresh = {}
     out.probe_s = time.monotonic() - t

@@ -47,7 +47,7 @@ from lsvq_assets.core.urls import check_url
 from lsvq_assets.net.auth import Bearer
 from lsvq_assets.net.client import HttpClient
 from lsvq_assets.net.errors import AUTH_STATUSES, disk_failure
-from lsvq_assets.sources.archive_download import download, folder_lock, part_path, lock_path, unlink
+from lsvq_assets.sources.archive_download import download, folder_lock, lock_path, part_path, unlink
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
 from lsvq_assets.sources.extract import CorruptArchive, extract_members
 
@@ -58,8 +58,7 @@ __all__ = ["ArchiveClipSource", "archive_file_name"]
 TEMPLATE_EXAMPLE = "https://huggingface.co/datasets/teowu/LSVQ-videos/resolve/main/{folder}.tar.gz"
 AUTH_HINT = "the mirror refused the archive; set HF_TOKEN (or --hf-token-file) and accept the dataset's terms on its page"
 AUTH_HINT_WITH_TOKEN = (
-    "the mirror refused the archive with the token given; check HF_TOKEN (or --hf-token-file) "
-    "and accept the dataset's terms on its page"
+    "the mirror refused the archive with the token given; check HF_TOKEN (or --hf-token-file) and accept the dataset's terms on its page"
 )
 
 
@@ -146,7 +145,7 @@ class ArchiveClipSource(ClipSource):
         for folder, folder_rows in by_folder.items():
             reported: set[str] = set()
 
-            def report(res: ClipResult) -> None:
+            def report(res: ClipResult, reported: set[str] = reported) -> None:
                 reported.add(res.src)
                 on_result(res)
 
@@ -211,7 +210,9 @@ class ArchiveClipSource(ClipSource):
                     log.info(
                         "archive %s is fetched again because %d new member(s) are needed "
                         "(%d clip(s) of the folder came from it before; --keep-archives keeps archives)",
-                        archive.name, len(rows), earlier,
+                        archive.name,
+                        len(rows),
+                        earlier,
                     )
                 dl, attempts = download(self.http, url, archive, self._validators)
                 status = dl.http_status
@@ -226,9 +227,7 @@ class ArchiveClipSource(ClipSource):
                 log.info("archive %s: %d bytes in %d request(s)", archive.name, archive.stat().st_size, attempts)
             try:
                 with open(archive, "rb") as fh:
-                    results = extract_members(
-                        fh, wanted, layout.clips_dir, max_member_bytes=self.max_member_bytes, label=archive.name
-                    )
+                    results = extract_members(fh, wanted, layout.clips_dir, max_member_bytes=self.max_member_bytes, label=archive.name)
             except CorruptArchive as exc:
                 log.warning("archive %s is corrupt (%s): deleted, it will be downloaded again", archive, exc)
                 unlink(archive)

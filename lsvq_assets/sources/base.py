@@ -15,10 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lsvq_assets.core import storage
+from lsvq_assets.core.files import remove_stale_temps
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.store import ClipRecord, FetchState, utc_now
-from lsvq_assets.core.files import remove_stale_temps, sha256_file
 
 
 @dataclass(frozen=True)
@@ -160,30 +161,87 @@ class _Recorder:
                 self.written.wait()
 
 
-def _cached(rec: ClipRecord | None, path: Path, verify: bool) -> ClipRecord | None:
-    """The record to keep for a clip already on disk, or None when it must be fetched (again).
+class StoredClips:
+    """The clips in the storage root: sizes by ``stat`` (local root) or from one listing per folder
+    (object store); hashing streams; removal removes the stored object."""
 
-    A file whose bytes no longer match its record is removed here, before it is fetched again:
+    def __init__(self, layout: Layout, srcs: Sequence[str]) -> None:
+        self.layout = layout
+        self.listing: dict[str, int] | None = None
+        if layout.remote:
+            self.listing = {}
+            for folder in sorted({s.split("/", 1)[0] if "/" in s else "" for s in srcs}):
+                base = storage.join(layout.clips_root, folder) if folder else layout.clips_root
+                prefix = f"{folder}/" if folder else ""
+                self.listing.update({prefix + k: v for k, v in storage.sizes(base).items()})
+
+    def size(self, src: str) -> int | None:
+        if self.listing is not None:
+            return self.listing.get(src)
+        try:
+            return self.layout.clip_path(src).stat().st_size
+        except FileNotFoundError:
+            return None
+
+    def sha256(self, src: str) -> tuple[str, int]:
+        return storage.sha256(self.layout.clip_location(src))
+
+    def remove(self, src: str) -> None:
+        storage.remove(self.layout.clip_location(src))
+        if self.listing is not None:
+            self.listing.pop(src, None)
+
+
+def _cached(rec: ClipRecord | None, src: str, clips: StoredClips, verify: bool) -> ClipRecord | None:
+    """The record to keep for a clip already stored, or None when it must be fetched (again).
+
+    A clip whose bytes no longer match its record is removed here, before it is fetched again:
     a failed re-fetch then leaves nothing that a later run could adopt (a known-bad clip is never
     adopted).
     """
-    try:
-        size = path.stat().st_size
-    except FileNotFoundError:
+    size = clips.size(src)
+    if size is None:
         return None
     if rec is not None and rec.state in ("done", "broken") and rec.sha256 and rec.size == size and not verify:
         return rec
     # Verify, adopt a file left by an interrupted run (renamed into place, not yet recorded),
     # or hash a clip the seed's progress file said was done.
-    digest, size = sha256_file(path)
+    digest, size = clips.sha256(src)
     if rec is not None and rec.state in ("done", "broken") and rec.sha256 and rec.sha256 != digest:
-        path.unlink(missing_ok=True)
+        clips.remove(src)
         return None
     if size == 0:
         return None
     if rec is not None and rec.state in ("done", "broken") and rec.sha256 == digest:
         return rec  # verified: same bytes as recorded
-    return ClipRecord(src=str(path), state="done", sha256=digest, size=size)
+    return ClipRecord(src=src, state="done", sha256=digest, size=size)
+
+
+def _delivering(
+    layout: Layout, recorder: Callable[[ClipResult], None], on_landed: Callable[[ClipResult], None] | None
+) -> Callable[[ClipResult], None]:
+    """The source's ``on_result``: with an object-store root, a clip that landed in the scratch
+    directory is handed to ``on_landed`` (probed) and uploaded (streamed; the object appears whole
+    when the upload completes) before it is recorded; a failed upload is a transient failure."""
+    if not layout.remote:
+        return recorder
+
+    def deliver(res: ClipResult) -> None:
+        if res.ok:
+            local = layout.clip_path(res.src)
+            try:
+                if on_landed is not None:
+                    on_landed(res)
+                storage.put_file(local, layout.clip_location(res.src))
+            except Exception as exc:  # noqa: BLE001 - recorded as the clip's failure, retried next run
+                res = ClipResult(
+                    res.src, ok=False, reason=f"upload-error: {type(exc).__name__}: {exc}"[:300], transient=True, attempts=res.attempts
+                )
+            finally:
+                local.unlink(missing_ok=True)
+        recorder(res)
+
+    return deliver
 
 
 def _from_outcome(row: Mapping) -> ClipRecord | None:
@@ -191,9 +249,7 @@ def _from_outcome(row: Mapping) -> ClipRecord | None:
     if row.get("status") != FAILED and row.get("sha256"):
         return ClipRecord(src=row["src"], state="done", sha256=row["sha256"], size=row["size"], ingested_at_utc=row["ingested_at_utc"])
     if row.get("status") == FAILED and not row.get("transient"):
-        return ClipRecord(
-            src=row["src"], state="failed", reason=row.get("reason"), http_status=row.get("http_status"), transient=False
-        )
+        return ClipRecord(src=row["src"], state="failed", reason=row.get("reason"), http_status=row.get("http_status"), transient=False)
     return None
 
 
@@ -218,6 +274,7 @@ def ingest_clips(
     retry_failed: bool = False,
     verify: bool = False,
     on_fetched: Callable[[ClipResult], None] | None = None,
+    on_landed: Callable[[ClipResult], None] | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> SliceClips:
     """Bring a partition's clips into place through ``source``, recording every outcome in ``store``.
@@ -228,7 +285,8 @@ def ingest_clips(
 
     ``on_fetched`` is called (from the source's threads) for every clip that landed, while the
     rest of the partition is still downloading; ``on_progress(clips, bytes)`` for every clip
-    settled (those already done count at once).
+    settled (those already done count at once). With an object-store root, ``on_landed`` is
+    called in the download thread while the clip's local file is still in place, before the upload.
 
     The caller is the slice's only writer (``lsvq_clips`` holds the slice lock): temp files of the
     slice's clips left by a killed run are removed first.
@@ -241,6 +299,7 @@ def ingest_clips(
     to_fetch: list[ManifestRow] = []
     adopted: list[ClipRecord] = []
     status: dict[str, str] = {}
+    clips = StoredClips(layout, [r.src for r in rows])
     for row in rows:
         rec = known.get(row.src)
         if rec is None and previous and row.src in previous:
@@ -250,7 +309,7 @@ def ingest_clips(
         if rec is not None and rec.state == "failed" and not rec.transient and not retry_failed:
             status[row.src] = FAILED  # permanent: the seed's non-retry contract
             continue
-        cached = _cached(rec, layout.clip_path(row.src), verify)
+        cached = _cached(rec, row.src, clips, verify)
         if cached is None:
             to_fetch.append(row)
             continue
@@ -270,7 +329,7 @@ def ingest_clips(
     fetch_started = time.monotonic()
     if to_fetch:
         try:
-            source.fetch(to_fetch, layout, recorder)
+            source.fetch(to_fetch, layout, _delivering(layout, recorder, on_landed))
         except BaseException:
             recorder.flush()  # interrupted: keep what finished (its files are in place) with its timestamps
             raise

@@ -33,9 +33,7 @@ __all__ = ["LocalClipSource"]
 
 _CHUNK = 1 << 20
 # os.link failures after which a copy is the answer (other file system, no hard links there, ...).
-_NO_LINK = frozenset(
-    {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.ENOSYS}
-)
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EACCES, errno.ENOSYS})
 
 
 class _ClipFailure(Exception):
