@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-ui test test-quick test-postgres test-browser bench
+.PHONY: install demo demo-ui test test-quick test-postgres test-topology test-browser bench
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,12 @@ test: $(STAMP)
 ## server started from Debian's postgresql binaries; they skip without them, fail with LSVQ_REQUIRE_POSTGRES=1)
 test-postgres: $(STAMP)
 	$(BIN)/python -m pytest -q -rs -m postgres lsvq_assets_tests
+
+## make test-topology: the production topology on this machine (lsvq_assets_tests/test_topology.py, ~3 min):
+## PostgreSQL, a gRPC code server, dagster-webserver and dagster-daemon as processes; a backfill with a
+## killed run worker, then the shards against a single-process CLI run (part of `make test`)
+test-topology: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m topology lsvq_assets_tests
 
 ## make test-quick: without the long fault-injection tests
 test-quick: $(STAMP)

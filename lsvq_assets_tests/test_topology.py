@@ -1,9 +1,10 @@
 """The production topology on this machine: every Dagster role its own process, one PostgreSQL instance.
 
 * PostgreSQL: the session's throwaway server (pg.py), a fresh database; ``DAGSTER_HOME/dagster.yaml`` is
-  ``deploy/dagster-postgres.yaml`` with three test-only changes (``instance_yaml``): the DefaultRunLauncher
-  named explicitly (each run its own process, started by the code server), the run queue polled every
-  second, and run monitoring polling every 2 s with 30 s start/cancel timeouts. The queue's limits (8 runs,
+  ``deploy/compose-dagster.yaml`` (what docker-compose.yml runs: ``deploy/dagster-postgres.yaml`` with the
+  DefaultRunLauncher named, each run its own process started by the code server) with two test-only
+  changes (``instance_yaml``): the run queue polled every second, and run monitoring polling every 2 s
+  with 30 s start/cancel timeouts; the workspace is ``deploy/compose-workspace.yaml`` on 127.0.0.1. The queue's limits (8 runs,
   the ``lsvq_source`` pool of 2, one run per ``dagster/partition`` value) are the deploy file's.
 * a gRPC code server (``dagster api grpc -m lsvq_assets.definitions``): the webserver and the daemon load
   the code location from it (``workspace.yaml`` with ``grpc_server``), and it starts every run worker, so
@@ -18,7 +19,13 @@ over GraphQL registers the four partitions; a backfill of every partition of the
 (``launchPartitionBackfill``) runs while one clip of ``kv-batch4`` hangs on the clip server, and the run
 worker of that partition's run is killed with SIGKILL mid-download (its pid from the run's own
 "Started process for run (pid: N)" event, checked to be a child of our code server); that run is marked
-failed and the partition shows failed while the three others are materialised; a second backfill of the
+failed ("terminated by signal 9 (SIGKILL)") and the partition shows failed while the three others are
+materialised. Who marks it: with the DefaultRunLauncher the code server that started the worker notices
+its death (it checks its run processes every 0.5 s); the daemon's run monitoring cannot ask this launcher
+about a worker's health (``supports_check_run_worker_health`` is False), it fails runs whose worker never
+started or never stopped after a cancel (the start/cancel timeouts) and, with ``max_runtime_seconds``, runs
+that overstay. A code server killed together with its workers leaves its runs STARTED until such a timeout:
+that is what K8sRunLauncher/DockerRunLauncher's health checks cover in production; a second backfill of the
 failed partition completes; ``lsvq_shards_job`` launched over GraphQL writes both split shards, which must
 equal byte for byte (except ``ingested_at_utc``) the shards of a single-process CLI run
 (``python -m lsvq_assets``) over the same label files on a local directory.
@@ -52,9 +59,10 @@ from lsvq_assets_tests.loopback import Fault, LoopbackServer
 from lsvq_assets_tests.pg import PgServer
 from lsvq_assets_tests.ui_stack import BIN, DagsterUi, _descendants, free_port
 
-pytestmark = [pytest.mark.topology, pytest.mark.postgres]
+pytestmark = [pytest.mark.topology, pytest.mark.postgres, pytest.mark.slow]
 
-DEPLOY_YAML = REPO_ROOT / "deploy" / "dagster-postgres.yaml"
+COMPOSE_INSTANCE = REPO_ROOT / "deploy" / "compose-dagster.yaml"  # = dagster-postgres.yaml + DefaultRunLauncher (test_deploy.py)
+COMPOSE_WORKSPACE = REPO_ROOT / "deploy" / "compose-workspace.yaml"
 LOCATION = "lsvq_assets"
 REPOSITORY = "__repository__"  # the repository of a Definitions object
 SPLITS = ("train", "test")
@@ -144,13 +152,22 @@ TERMINAL_RUN = {"SUCCESS", "FAILURE", "CANCELED"}
 
 
 def instance_yaml() -> str:
-    """deploy/dagster-postgres.yaml with the test's launcher, queue polling and run-monitoring timeouts."""
-    config = yaml.safe_load(DEPLOY_YAML.read_text())
-    assert "run_launcher" not in config and config["run_coordinator"]["class"] == "QueuedRunCoordinator"
-    config["run_launcher"] = {"module": "dagster._core.launcher", "class": "DefaultRunLauncher"}
+    """deploy/compose-dagster.yaml (the deploy file + DefaultRunLauncher, as docker-compose.yml runs it) with
+    the test's queue polling and run-monitoring timeouts; nothing else changes."""
+    config = yaml.safe_load(COMPOSE_INSTANCE.read_text())
+    assert config["run_launcher"]["class"] == "DefaultRunLauncher" and config["run_coordinator"]["class"] == "QueuedRunCoordinator"
     config["run_coordinator"]["config"] = {"dequeue_interval_seconds": 1}
     config["run_monitoring"].update(start_timeout_seconds=30, cancel_timeout_seconds=30, poll_interval_seconds=2)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def workspace_yaml(port: int) -> str:
+    """deploy/compose-workspace.yaml with the code server on 127.0.0.1:port instead of user_code:4000."""
+    workspace = yaml.safe_load(COMPOSE_WORKSPACE.read_text())
+    (entry,) = workspace["load_from"]
+    assert entry["grpc_server"]["location_name"] == LOCATION
+    entry["grpc_server"].update(host="127.0.0.1", port=port)
+    return yaml.safe_dump(workspace, sort_keys=False)
 
 
 def label_files(base: Path) -> dict[str, Path]:
@@ -196,9 +213,7 @@ class Topology(DagsterUi):
         self.envs = envs
         self.grpc_port = free_port()
         self.workspace = home / "workspace.yaml"
-        self.workspace.write_text(yaml.safe_dump(
-            {"load_from": [{"grpc_server": {"host": "127.0.0.1", "port": self.grpc_port, "location_name": LOCATION}}]}
-        ))
+        self.workspace.write_text(workspace_yaml(self.grpc_port))
 
     def _start_as(self, name: str, tool: str, args: list[str]):
         self.env = self.envs[name]
@@ -349,7 +364,8 @@ def test_production_topology_backfill_kill_and_shards_equal_the_cli(
             assert stack.wait_backfill(first, BACKFILL_S) in ("COMPLETED_FAILED", "FAILED", "COMPLETED")
             dead = stack.wait_run(killed_run, 30)
             assert dead["status"] == "FAILURE", dead
-            assert any("terminated" in m or "signal" in m.lower() or "exit" in m.lower() for m in stack.run_messages(killed_run)[-10:])
+            # Marked failed by the code server that started it (its check of its run processes, every 0.5 s).
+            assert any(f"Run execution process for {killed_run} was terminated by signal 9 (SIGKILL)" in m for m in stack.run_messages(killed_run))
             clips_status = stack.statuses("lsvq_clips")
             assert clips_status["failedPartitions"] == {KILLED}, clips_status
             assert clips_status["materializedPartitions"] == KEYS - {KILLED}, clips_status
