@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-ui test test-quick test-postgres test-browser bench
+.PHONY: install demo demo-ui test test-quick test-postgres test-topology test-browser bench
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check lsvq_assets
 	$(BIN)/ruff format --check lsvq_assets
 	$(BIN)/mypy
+
+## make test-topology: the production topology on this machine (lsvq_assets_tests/test_topology.py, ~3 min):
+## PostgreSQL, a gRPC code server, dagster-webserver and dagster-daemon as processes; a backfill with a
+## killed run worker, then the shards against a single-process CLI run (part of `make test`)
+test-topology: $(STAMP)
+	$(BIN)/python -m pytest -q -rs -m topology lsvq_assets_tests
 
 ## make test-quick: without the long fault-injection tests
 test-quick: $(STAMP)

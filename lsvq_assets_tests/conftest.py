@@ -1,4 +1,5 @@
-"""Shared fixtures: generated clips, a loopback HTTP server with faults, a generated corpus, a PostgreSQL server."""
+"""Shared fixtures: generated clips, a loopback HTTP server with faults, a generated corpus, a PostgreSQL server,
+an S3-compatible server (moto, in a subprocess on loopback)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from lsvq_assets_tests.clipgen import broken_factory, clip_factory  # noqa: F401
 from lsvq_assets_tests.corpus import Corpus, build_corpus
 from lsvq_assets_tests.loopback import LoopbackServer, loopback  # noqa: F401  (fixture)
 from lsvq_assets_tests.pg import REQUIRE_ENV, PgServer, pg_unavailable, start_server
+from lsvq_assets_tests.s3 import REQUIRE_ENV as S3_REQUIRE_ENV
+from lsvq_assets_tests.s3 import S3Server, s3_unavailable, start_s3
 
 
 @pytest.fixture(scope="session")
@@ -51,3 +54,31 @@ def pg_database(pg_server: PgServer, request: pytest.FixtureRequest) -> dict[str
     """A fresh database on the session's server for one test: its connection fields."""
     name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:40] + "_" + secrets.token_hex(3)
     return pg_server.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3-compatible server for the session: moto's server mode in a subprocess on 127.0.0.1 (lsvq_assets_tests/s3.py).
+
+    Yields the ``S3Server`` (``endpoint_url``, dummy credentials, ``env()`` with the ``AWS_*`` variables,
+    ``create_bucket(name)``); stopped at the end. Skips with the reason when moto is not installed, or
+    fails instead when LSVQ_REQUIRE_S3=1 (CI).
+    """
+    reason = s3_unavailable()
+    if reason is not None:
+        if os.environ.get(S3_REQUIRE_ENV) == "1":
+            pytest.fail(f"{S3_REQUIRE_ENV}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+    server = start_s3()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the session's S3 server for one test: its name."""
+    name = ("t-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())[:40].strip("-") + "-" + secrets.token_hex(3))
+    s3_server.create_bucket(name)
+    return name
