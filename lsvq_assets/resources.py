@@ -107,7 +107,7 @@ class LsvqSettings(dg.ConfigurableResource):
 
     def shard_paths(self, split: str) -> tuple[Location, Location]:
         """(JSONL shard, replay manifest) of a split: local paths or object-store URLs."""
-        base = storage.location(self.output_dir or self.lsvq_dir)
+        base = storage.location(self.output_dir or self.storage or self.lsvq_dir)
         if self.named_splits and len(self.split_files()) > 1:
             if self.output or self.manifest_out:
                 raise UserError("--output / --manifest-out name one shard: with several splits use --output-dir (LSVQ_OUTPUT_DIR).")

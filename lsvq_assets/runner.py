@@ -111,9 +111,10 @@ def run_partitions(
         ]
         layout = lsvq.layout()
         outputs_there = lambda k: all(storage.exists(layout.partition_file(k, f"rows_{s}.parquet")) for s in state.splits_in.get(k, []))  # noqa: E731
-        # Partitions the operator named run even when a run of theirs looks in progress (a CLI
-        # killed on another host leaves one); others with a live run elsewhere are left alone.
-        need = refresh_plan(instance, state, asset_keys, keys, skip_in_progress=not chosen)
+        # A partition with a run in progress elsewhere runs here too: its partition lock makes this
+        # run wait for that one, then find its clips done (and a run left "in progress" by a CLI
+        # killed on another host does not block it forever).
+        need = refresh_plan(instance, state, asset_keys, keys, skip_in_progress=False)
         todo = [k for k in keys if k in need or not outputs_there(k)]
         report.skipped = [k for k in keys if k not in todo]
         if report.skipped:

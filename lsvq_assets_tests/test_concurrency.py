@@ -100,7 +100,7 @@ def test_cli_beside_a_ui_run_of_the_same_partition(tmp_path: Path, corpus: Corpu
         "lsvq": {"lsvq_dir": str(work), "manifest_csv": str(corpus.csv), "min_csv_rows": 1, "max_rows": 0},
         "clip_source": {"clip_url_template": served.base_url + "/{name}{suffix}", "concurrency": 2},
     }
-    served.set_fault("yfcc-batch1/725.mp4", "hang:8")  # the UI run holds the partition for 8 s or more
+    served.set_fault("yfcc-batch1/725.mp4", "hang:20")  # the UI run holds the partition for 20 s or more
     ui = subprocess.Popen(
         [sys.executable, "-c", _UI_RUN, json.dumps(config), str(work / ".dagster"), key],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cli_env(), start_new_session=True,

@@ -86,7 +86,7 @@ def test_missing_local_dir_is_a_user_error(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is not a directory"):
         LocalClipSource(tmp_path / "file")
     with pytest.raises(UserError, match="--local-clips"):
-        ClipSourceResource(source="local").open(manifest_has_urls=False)
+        ClipSourceResource(source="local").open(label_files_have_urls=False)
     assert isinstance(ClipSourceResource(source="local", local_clips=str(tmp_path)).open(False), LocalClipSource)
 
 

@@ -4,57 +4,40 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from lsvq_assets.cli import main
 from lsvq_assets_tests.corpus import Corpus
+from lsvq_assets_tests.s3 import S3Server
 
-boto3 = pytest.importorskip("boto3") if not os.environ.get("LSVQ_REQUIRE_S3") else __import__("boto3")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=10)
+pytestmark = pytest.mark.s3
 
 
 @pytest.fixture
-def bucket(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+def bucket(s3_server: S3Server, s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The session's S3 server (moto, a subprocess on loopback) in the standard AWS_* variables, and a fresh bucket."""
     for var in [v for v in os.environ if v.startswith("LSVQ_") or v == "DAGSTER_HOME"]:
         monkeypatch.delenv(var)
-    env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1", "NO_PROXY": "127.0.0.1,localhost"}
-    for k, v in env.items():
-        monkeypatch.setenv(k, v)
-    name = f"lsvq-{tmp_path.name.lower().replace('_', '-')[:40]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    return name
+    for key, value in {**s3_server.env(), "NO_PROXY": "127.0.0.1,localhost"}.items():
+        monkeypatch.setenv(key, value)
+    return s3_bucket
+
+
+@pytest.fixture
+def s3_endpoint(s3_server: S3Server) -> str:
+    return s3_server.endpoint_url
+
+
+def _client(endpoint: str):  # noqa: ANN202
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint)
 
 
 def _objects(endpoint: str, bucket: str, prefix: str) -> dict[str, int]:
-    client = boto3.client("s3", endpoint_url=endpoint)
+    client = _client(endpoint)
     out = {}
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         out.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
@@ -75,7 +58,7 @@ def test_clips_and_outputs_on_an_object_store_give_the_local_shard(corpus: Corpu
     storage = f"s3://{bucket}/lsvq"
     assert main(["--lsvq-dir", str(work), "--storage", storage, "--output-dir", f"s3://{bucket}/out", *common]) == 0
     objects = _objects(s3_endpoint, bucket, "")
-    shard = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key="out/lsvq.jsonl")["Body"].read().decode()
+    shard = _client(s3_endpoint).get_object(Bucket=bucket, Key="out/lsvq.jsonl")["Body"].read().decode()
     assert _rows(shard) == _rows(oracle)  # src stays relative to the clips root
     assert "out/lsvq.manifest.json" in objects
     for clip in corpus.by_kind("ok"):
@@ -91,5 +74,5 @@ def test_clips_and_outputs_on_an_object_store_give_the_local_shard(corpus: Corpu
     other = tmp_path / "other-host"
     assert main(["--lsvq-dir", str(other), "--storage", storage, "--output-dir", f"s3://{bucket}/out", "--verify", *common]) == 0
     assert served.count() == 0
-    again = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key="out/lsvq.jsonl")["Body"].read().decode()
+    again = _client(s3_endpoint).get_object(Bucket=bucket, Key="out/lsvq.jsonl")["Body"].read().decode()
     assert again == shard

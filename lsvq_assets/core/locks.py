@@ -23,6 +23,7 @@ import json
 import os
 import re
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def read_holder(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def _holder_of_taken(path: Path, patience_s: float = 2.0) -> dict:
+    """The holder of a lock just found taken: it writes who it is right after taking the lock, so
+    an empty file means "a moment ago"; read again for a little while before saying unknown."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        holder = read_holder(path)
+        if holder.get("pid") or time.monotonic() > deadline:
+            return holder
+        time.sleep(0.05)
+
+
 def describe(holder: dict) -> str:
     """``pid 123 on host, since 2024-05-01T12:00:00+00:00, running X`` (what is known of it)."""
     if not holder.get("pid"):
@@ -80,7 +92,7 @@ def file_lock(path: Path, what: str, *, wait: bool, on_wait: Callable[[dict], No
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = read_holder(path)
+            holder = _holder_of_taken(path)
             if not wait:
                 raise LockHeld(f"{path} is held by {describe(holder)}", holder) from None
             if on_wait is not None:
