@@ -13,6 +13,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 
@@ -150,9 +151,18 @@ def run_partitions(
         finally:
             progress.install(None)
             board.close()
+        current = {s: meta for s in splits if (meta := _current_shard(instance, lsvq, s))}
+        report.shards.update(current)
+        if len(current) == len(splits):
+            log.info("every shard is current (its label file, settings and partitions' rows unchanged): not assembled again")
+            return report
         shard_config = {"loggers": run_config["loggers"]} if run_config and "loggers" in run_config else None
         result = defs.resolve_job_def(SHARDS_JOB).execute_in_process(
-            instance=instance, run_config=shard_config, tags=tags, raise_on_error=False
+            instance=instance,
+            run_config=shard_config,
+            tags=tags,
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(f"lsvq_shard_{s}") for s in splits if s not in current],
         )
         if (not result.success and _interrupted(result)) or signalled():
             raise KeyboardInterrupt("shards")
@@ -168,6 +178,21 @@ def run_partitions(
     if not result.success:
         raise ShardFailed(f"assembling the shards failed: {_failure_message(result)}")
     return report
+
+
+def _current_shard(instance: dg.DagsterInstance, lsvq: Any, split: str) -> dict | None:
+    """The metadata of the split's last shard when it is current (same inputs, files in place), else None."""
+    from lsvq_assets.assets.shard import shard_inputs
+
+    event = instance.get_latest_materialization_event(dg.AssetKey(f"lsvq_shard_{split}"))
+    mat = event.asset_materialization if event is not None else None
+    if mat is None or "inputs" not in mat.metadata:
+        return None
+    meta = {k: v.value for k, v in mat.metadata.items()}
+    out, replay = lsvq.shard_paths(split)
+    if meta["inputs"] != shard_inputs(lsvq, split) or not (storage.exists(out) and storage.exists(replay)):
+        return None
+    return meta
 
 
 class _SignalWatch:

@@ -1,5 +1,6 @@
 """lsvq_shard_<split>: one split's JSONL shard and replay manifest, assembled from its partitions' rows."""
 
+import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -81,6 +82,19 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
         elif got["outcome"] == BROKEN:
             broken.append({"src": row.src, "reason": got["reason"]})
     return {"plan": plan, "capped": capped, "pairs": pairs, "failed": failed, "broken": broken, "pending": pending}
+
+
+def shard_inputs(lsvq: LsvqSettings, split: str) -> str:
+    """What the split's shard is assembled from: its label file, the settings that shape it and the
+    version of each of its partitions' rows files. Equal inputs give the same bytes, so the CLI does
+    not assemble it again (a no-op refresh costs nothing); a rows file replaced in any way counts."""
+    plan = lsvq.plan()
+    layout = lsvq.layout()
+    files = storage.listing(storage.join(layout.root, "partitions"))
+    out, replay = lsvq.shard_paths(split)
+    rows = {k: files.get(f"{k}/{rows_file(split)}") for k in plan.split_partitions(split)}
+    doc = [plan.splits[split].sha256, lsvq.max_rows, lsvq.corpus_version, lsvq.flat_chunk_rows, str(out), str(replay), rows]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:24]
 
 
 def _dagster_provenance(context: dg.AssetExecutionContext, split: str, keys: list[str]) -> dict:
@@ -184,6 +198,7 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
             metadata={
                 "dagster/row_count": len(out.lines),
                 "summary": summary,
+                "inputs": shard_inputs(lsvq, split),
                 **{k: dg.MetadataValue.float(v) if isinstance(v, float) else v for k, v in stats.items()},
                 "rows": len(capped),
                 "pending_rows": sum(pending.values()),

@@ -144,18 +144,20 @@ def sha256(loc: Location) -> tuple[str, int]:
     return h.hexdigest(), size
 
 
-def sizes(directory: Location) -> dict[str, int]:
-    """Every object under ``directory`` (recursively) as {relative path: size}; one listing."""
+def listing(directory: Location) -> dict[str, tuple[int, str]]:
+    """Every object under ``directory`` (recursively) as {relative path: (size, version)}; one
+    listing. The version changes when the object is replaced (mtime locally, the ETag remotely)."""
     if not is_remote(directory):
         base = Path(directory)
-        out: dict[str, int] = {}
+        out: dict[str, tuple[int, str]] = {}
         for root, _, files in os.walk(base):
             for name in files:
                 p = Path(root) / name
                 try:
-                    out[p.relative_to(base).as_posix()] = p.stat().st_size
+                    st = p.stat()
                 except OSError:
                     continue
+                out[p.relative_to(base).as_posix()] = (st.st_size, str(st.st_mtime_ns))
         return out
     fs, path = filesystem(str(directory))
     try:
@@ -163,7 +165,16 @@ def sizes(directory: Location) -> dict[str, int]:
     except FileNotFoundError:
         return {}
     prefix = path.rstrip("/") + "/"
-    return {k[len(prefix) :]: int(v.get("size") or 0) for k, v in found.items() if k.startswith(prefix)}
+    return {
+        k[len(prefix) :]: (int(v.get("size") or 0), str(v.get("ETag") or v.get("LastModified") or ""))
+        for k, v in found.items()
+        if k.startswith(prefix)
+    }
+
+
+def sizes(directory: Location) -> dict[str, int]:
+    """Every object under ``directory`` (recursively) as {relative path: size}; one listing."""
+    return {k: size for k, (size, _) in listing(directory).items()}
 
 
 def open_read(loc: Location) -> IO[bytes]:
