@@ -321,6 +321,14 @@ def measure_floor(replica: Replica, work: Path) -> dict:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
+    import resource
+
+    def cpu() -> float:
+        a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
+
+    load = os.getloadavg()[0]
+    cpu0 = cpu()
     archives = sorted(replica.archives.glob("*.tar.gz"))
     t0 = time.perf_counter()
     for a in archives:
@@ -347,12 +355,15 @@ def measure_floor(replica: Replica, work: Path) -> dict:
         except Exception:  # noqa: BLE001
             bad += 1
     probe_s = time.perf_counter() - t0
+    cpu_s = cpu() - cpu0
     shutil.rmtree(work)
     return {
         "tar_xzf_s": tar_s,
         "sha256_s": sha_s,
         "probe_s": probe_s,
         "total_s": tar_s + sha_s + probe_s,
+        "cpu_s": cpu_s,
+        "load_avg": load,
         "files": len(files),
         "bytes": nbytes,
         "probed_ok": ok,
@@ -529,7 +540,7 @@ def run_profile(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
 
 
 def verdict(ok: bool | None) -> str:
-    return "SKIP" if ok is None else ("PASS" if ok else "FAIL")
+    return "INFO" if ok is None else ("PASS" if ok else "FAIL")
 
 
 def evaluate(res: dict) -> list[dict]:
@@ -547,6 +558,13 @@ def evaluate(res: dict) -> list[dict]:
             "want": f"<= {want_ratio:g}x",
             "got": f"{ratio:.2f}x ({first['wall_s']:.1f}s / {floor['total_s']:.1f}s)" + ("" if complete else f"; INCOMPLETE: exit {first['returncode']}, {first['shard_rows']} of {expected} rows"),
             "ok": ratio <= want_ratio and complete,
+        })  # fmt: skip
+        out.append({
+            "target": "(info) CLI CPU / floor CPU",
+            "want": "-",
+            "got": f"{first['cpu_s'] / floor['cpu_s']:.2f}x ({first['cpu_s']:.1f}s / {floor['cpu_s']:.1f}s CPU; load {floor['load_avg']:.1f} at the floor, "
+                   f"{first['load_avg']:.1f} at the CLI)",
+            "ok": None,
         })  # fmt: skip
     if noop:
         out.append({"target": "no-op re-run", "want": f"<= {TARGETS['noop_s']:g}s", "got": f"{noop['wall_s']:.1f}s (exit {noop['returncode']})",
@@ -570,7 +588,7 @@ def print_report(res: dict) -> None:
     f = res.get("floor")
     if f:
         log(f"floor (one process): tar xzf {f['tar_xzf_s']:.1f}s + sha256 {f['sha256_s']:.1f}s + PyAV probe {f['probe_s']:.1f}s "
-            f"= {f['total_s']:.1f}s ({f['files']} files, {f['bytes'] / 1e6:.0f} MB, {f['probed_ok']} probed, {f['probe_failed']} not video)")
+            f"= {f['total_s']:.1f}s, CPU {f['cpu_s']:.1f}s, load {f['load_avg']:.1f} ({f['files']} files, {f['bytes'] / 1e6:.0f} MB, {f['probed_ok']} probed, {f['probe_failed']} not video)")
     for phase, label in (("first", "CLI"), ("noop", "no-op re-run")):
         c = res.get("cli", {}).get(phase)
         if c:
