@@ -82,6 +82,9 @@ def clean_env(dagster_home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_", "PYTHONDONTWRITEBYTECODE"))}
     env["DAGSTER_HOME"] = str(dagster_home)
     env["PYTHONUNBUFFERED"] = "1"
+    # The CLI runs in its own working directory: without this, `-m lsvq_assets` would import whatever
+    # copy the venv has installed (an editable install of another checkout), not this one.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 

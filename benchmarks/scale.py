@@ -42,6 +42,7 @@ directory) and writes the profile to ``--results``; see benchmarks/README.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import hashlib
 import io
@@ -235,6 +236,25 @@ def pyav_probe(path: str) -> tuple:
         return (ctx.width, ctx.height, float(rate) if rate else 0.0, s.duration, c.duration, ctx.pix_fmt, ctx.codec.canonical_name)
 
 
+@contextlib.contextmanager
+def _tar_gz(path: Path):
+    """A tar stream written through ``gzip -1`` (a second core) when there is one, else tarfile's own gzip."""
+    gz = shutil.which("gzip")
+    if not gz:
+        with tarfile.open(path, "w:gz", compresslevel=1) as tar:
+            yield tar
+        return
+    with open(path, "wb") as out:
+        proc = subprocess.Popen([gz, "-1", "-c"], stdin=subprocess.PIPE, stdout=out)
+        try:
+            with tarfile.open(fileobj=proc.stdin, mode="w|", format=tarfile.GNU_FORMAT) as tar:
+                yield tar
+        finally:
+            proc.stdin.close()
+            if proc.wait() != 0:
+                raise RuntimeError(f"gzip failed ({proc.returncode}) writing {path}")
+
+
 @dataclass
 class Replica:
     root: Path
@@ -262,7 +282,7 @@ def build_replica(base: Path, spec: ReplicaSpec) -> Replica:
         by_folder.setdefault(r["name"].split("/", 1)[0], []).append(r)
     total = 0
     for folder, frows in by_folder.items():
-        with tarfile.open(where / "archives" / f"{folder}.tar.gz", "w:gz", compresslevel=1) as tar:
+        with _tar_gz(where / "archives" / f"{folder}.tar.gz") as tar:
             for r in frows + [{"name": f"{folder}/Thumbs.db", "kind": "unlisted", "i": -1}]:
                 if r["kind"] == "missing":
                     continue
@@ -409,7 +429,6 @@ def run_cli(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True)
     home = fresh_home(work)
     env = clean_env(home)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     lsvq_dir = work / "lsvq"
     out: dict = {}
     seen_runs: set[str] = set()
@@ -495,7 +514,6 @@ def run_profile(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
     work.mkdir(parents=True)
     home = fresh_home(work)
     env = clean_env(home)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     with LoopbackServer(replica.archives, latency_s=args.latency_ms / 1000) as server:
