@@ -56,6 +56,7 @@ LINE_RULES: tuple[tuple[str, re.Pattern], ...] = (
     ("sha256", re.compile(r"\.update\(|sha256|hexdigest")),
     ("gzip / tar", re.compile(r"decompress|zlib|tarfile|\.extractfile|_next\(")),
     ("file write / rename", re.compile(r"\.write\(|os\.replace|os\.rename|\.rename\(|shutil\.copy")),
+    ("file create / mkdir / stat / unlink", re.compile(r"mkstemp|mkdir|\.stat\(|unlink|os\.close|fchmod")),
 )
 
 
@@ -108,6 +109,8 @@ def cost_of(frames: list[str]) -> str:
                     return name
         if "fsync" in func:
             return "fsync"
+        if file.endswith("lsvq_assets/core/store.py"):
+            return "SQLite (the project's clip-state store)"
         for name, needle in LIB_RULES:
             if needle in file:
                 return name
@@ -140,9 +143,15 @@ def summarize_raw(path: Path, rate: float, partitions: int | None = None) -> dic
     procs: Counter = Counter()
     leaf: Counter = Counter()
     dagster_fn: Counter = Counter()
+    cross: Counter = Counter()
+    other_leaf: Counter = Counter()
     for proc, frames, c in stacks:
-        costs[cost_of(frames)] += c
-        owners[owner_of(frames)] += c
+        cost, owner = cost_of(frames), owner_of(frames)
+        costs[cost] += c
+        owners[owner] += c
+        cross[f"{cost} <- {owner}"] += c
+        if cost in ("lsvq_assets (other)", "Dagster (other)", "other (stdlib, interpreter)") and frames:
+            other_leaf[f"{cost}: {frames[-1]}"] += c
         procs[proc.split(":", 1)[1][:90] if ":" in proc else proc] += c
         if frames:
             leaf[frames[-1]] += c
@@ -162,6 +171,8 @@ def summarize_raw(path: Path, rate: float, partitions: int | None = None) -> dic
         "sampled_s": secs(total),
         "cost_s": {k: secs(v) for k, v in costs.most_common()},
         "owner_s": {k: secs(v) for k, v in owners.most_common()},
+        "cost_by_owner_s": {k: secs(v) for k, v in cross.most_common(20)},
+        "top_unclassified_leaf_frames_s": {k: secs(v) for k, v in other_leaf.most_common(15)},
         "process_s": {k: secs(v) for k, v in procs.most_common(6)},
         "top_leaf_frames_s": {k: secs(v) for k, v in leaf.most_common(25)},
         "top_dagster_frames_s": {k: secs(v) for k, v in dagster_fn.most_common(15)},
@@ -185,7 +196,8 @@ def summarize_pstats(path: Path, top: int = 30) -> str:
 
 def print_summary(res: dict) -> None:
     print(f"{res['samples']} samples at {res['rate_hz']:g} Hz = {res['sampled_s']} s of threads on CPU (all processes)")
-    for title, key in (("by cost", "cost_s"), ("by owner", "owner_s"), ("by process", "process_s"),
+    for title, key in (("by cost", "cost_s"), ("by owner", "owner_s"), ("cost <- owner", "cost_by_owner_s"), ("by process", "process_s"),
+                       ("unclassified leaf frames", "top_unclassified_leaf_frames_s"),
                        ("Dagster: where its own samples were", "top_dagster_frames_s"), ("leaf frames", "top_leaf_frames_s")):  # fmt: skip
         print(f"\n-- {title} (s) --")
         for k, v in res[key].items():
