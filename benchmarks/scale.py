@@ -533,7 +533,7 @@ def run_profile(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
                 raise SystemExit("py-spy not found (pip install py-spy, or --py-spy PATH)")
             dest = args.results / f"scale-profile-{stamp}.pyspy.txt"
             cmd = [spy, "record", "--rate", str(args.spy_rate), "--subprocesses", "--threads", "--format", "raw",
-                   "-o", str(dest), "--", *cmd]  # fmt: skip
+                   *(["--gil"] if args.spy_gil else []), "-o", str(dest), "--", *cmd]  # fmt: skip
         t0 = time.monotonic()
         done = subprocess.run(cmd, env=env, cwd=work, capture_output=True, text=True)
         wall = time.monotonic() - t0
@@ -688,6 +688,9 @@ def build_parser() -> argparse.ArgumentParser:
     a("--profile-noop", action="store_true", help="with --profile: run the CLI once unprofiled, then profile the no-op re-run")
     a("--py-spy", default=os.environ.get("PY_SPY"), help="path of py-spy when it is not on PATH (or $PY_SPY)")
     a("--spy-rate", type=int, default=50, help="py-spy samples per second")
+    a("--spy-gil", action="store_true",
+      help="py-spy --gil: only the thread holding the GIL (by default every thread not idle is sampled, "
+           "including threads waiting for the GIL or inside fsync/zlib/av calls that released it)")
     a("--keep-work", action="store_true", help="keep the CLI's working directory (the shard, the instance)")
     a("--work", type=Path, default=REPO / ".bench", help="replica cache and working directories")
     a("--results", type=Path, default=REPO / "benchmarks" / "results", help="where the JSON and PNG go")
