@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 
-.PHONY: install demo demo-ui test test-quick test-postgres test-topology test-browser bench
+.PHONY: install demo demo-ui test test-quick test-postgres test-topology test-browser bench bench-scale bench-scale-big bench-profile lint
 
 $(STAMP): pyproject.toml setup.cfg
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,24 @@ $(BENCH_STAMP): $(STAMP)
 
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
+
+## make bench-scale: the corpus-scale benchmark (see benchmarks/README.md): a generated replica of the
+## mirror (a 28,056-row labels file, 51 <folder>.tar.gz of 12 KB clips) served on loopback, the CLI
+## with --source archive against the floor (tar xzf + sha256 + PyAV probe in one process), a no-op
+## re-run and peak memory; PASS/FAIL per target, JSON in benchmarks/results/. SCALE_ARGS="--help".
+## make bench-scale-big: the same with ~10 MB clips (200 clips, ~2 GB; needs ~8 GB of free disk).
+## make bench-profile: one corpus-scale CLI run under py-spy (PY_SPY=path) or cProfile (PROFILER=cprofile).
+SCALE_ARGS ?=
+PROFILER ?= py-spy
+
+bench-scale: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.scale $(SCALE_ARGS)
+
+bench-scale-big: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.scale --preset big $(SCALE_ARGS)
+
+bench-profile: $(BENCH_STAMP)
+	$(BIN)/python -m benchmarks.scale --profile $(PROFILER) $(SCALE_ARGS)
 
 ## make test-browser: the Dagster UI in a real browser (lsvq_assets_tests/test_browser.py, ~2 min):
 ## webserver + daemon on a small real run, driven in Debian's Chromium via Playwright. Needs

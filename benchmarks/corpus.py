@@ -41,10 +41,12 @@ class CorpusSpec:
     width: int = 64
     height: int = 48
     frames: int = 6
+    interleave: bool = False  # manifest rows cycle through the folders (row i in folder i % folders)
 
     @property
     def key(self) -> str:
-        return f"v{VERSION}-n{self.clips}-kb{self.clip_kb}-f{self.folders}-{self.width}x{self.height}x{self.frames}"
+        key = f"v{VERSION}-n{self.clips}-kb{self.clip_kb}-f{self.folders}-{self.width}x{self.height}x{self.frames}"
+        return key + ("-il" if self.interleave else "")
 
 
 @dataclass
@@ -74,6 +76,18 @@ def _folders(n: int) -> tuple[str, ...]:
     return tuple(order[:n])
 
 
+def interleave(names: list[str]) -> list[str]:
+    """Round-robin over the folders (in their first-seen order): a, b, c, a, b, c, ...; a short folder drops out."""
+    by: dict[str, list[str]] = {}
+    for n in names:
+        by.setdefault(n.split("/", 1)[0], []).append(n)
+    queues = list(by.values())
+    out: list[str] = []
+    for i in range(max(map(len, queues), default=0)):
+        out.extend(q[i] for q in queues if i < len(q))
+    return out
+
+
 def build_corpus(base: Path, spec: CorpusSpec, log=print) -> Corpus:
     """Generate (or reuse) the corpus for ``spec`` under ``base/<spec.key>``."""
     where = base / spec.key
@@ -86,6 +100,8 @@ def build_corpus(base: Path, spec: CorpusSpec, log=print) -> Corpus:
     started = time.monotonic()
     root = where / "served"
     names = realistic_names(spec.clips, _folders(spec.folders))
+    if spec.interleave:
+        names = interleave(names)
     total = 0
     for i, name in enumerate(names):
         path = root / (name + ".mp4")

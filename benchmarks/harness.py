@@ -46,6 +46,9 @@ TARGETS = {
     "dagster_overhead_pct_100ms": 10.0,  # of a 500-clip slice run's wall time, 100 ms latency
     "manifest_parse_s": 1.0,  # 39k rows parsed and sliced
     "archive_vs_url": 1.20,  # archive source wall / per-clip source wall, same bytes
+    # 500 rows capped from a 1,000-row manifest whose rows cycle through 4 folders
+    "interleaved_speedup_0ms": 10.0,
+    "interleaved_speedup_100ms": 20.0,
 }
 
 
@@ -79,6 +82,9 @@ def clean_env(dagster_home: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_", "PYTHONDONTWRITEBYTECODE"))}
     env["DAGSTER_HOME"] = str(dagster_home)
     env["PYTHONUNBUFFERED"] = "1"
+    # The CLI runs in its own working directory: without this, `-m lsvq_assets` would import whatever
+    # copy the venv has installed (an editable install of another checkout), not this one.
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     return env
 
 
@@ -109,7 +115,7 @@ def fresh_home(work: Path, tuned: bool = False) -> Path:
 # --------------------------------------------------------------------------- the seed
 
 
-def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
+def run_seed(corpus: Corpus, base_url: str, work: Path, max_rows: int = 0) -> dict:
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -118,7 +124,7 @@ def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
         "--manifest-csv", str(corpus.csv),
         "--lsvq-dir", str(work),
         "--url-template", base_url + "/{name}{suffix}",
-        "--max-rows", "0",
+        "--max-rows", str(max_rows),
     ]  # fmt: skip
     load = settle()
     m = run_measured(cmd, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
@@ -131,7 +137,7 @@ def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
         "stage_s": detail["stage_s"],
         "peak_rss_mb": m.peak_rss_mb,
         "summary": m.stdout.strip().splitlines()[0],
-        "clips_per_s": len(corpus.names) / m.wall_s,
+        "clips_per_s": (max_rows or len(corpus.names)) / m.wall_s,
         "rows": _rows(work / "lsvq.jsonl"),
         "load_avg": load,
     }
@@ -140,9 +146,9 @@ def run_seed(corpus: Corpus, base_url: str, work: Path) -> dict:
 # --------------------------------------------------------------------------- the project
 
 
-def cli_cmd(corpus: Corpus, work: Path, extra: list[str]) -> list[str]:
+def cli_cmd(corpus: Corpus, work: Path, extra: list[str], max_rows: int = 0) -> list[str]:
     return [
-        PY, "-m", "lsvq_assets", "--full",
+        PY, "-m", "lsvq_assets", *(["--max-rows", str(max_rows)] if max_rows else ["--full"]),
         "--lsvq-dir", str(work / "lsvq"),
         "--manifest-csv", str(corpus.csv),
         "--min-csv-rows", "1",
@@ -170,7 +176,8 @@ GC_FREEZE_SHIM = (
 
 
 def run_project(
-    corpus: Corpus, work: Path, extra: list[str], hash_mb_s: float, tuned: bool = False, gc_freeze: bool = False
+    corpus: Corpus, work: Path, extra: list[str], hash_mb_s: float, tuned: bool = False, gc_freeze: bool = False,
+    max_rows: int = 0,
 ) -> dict:
     """One CLI run in a fresh working directory and DAGSTER_HOME, and where its time went."""
     from benchmarks.dagster_stats import read_runs
@@ -180,7 +187,7 @@ def run_project(
     work.mkdir(parents=True)
     home = fresh_home(work, tuned)
     load = settle()
-    cmd = cli_cmd(corpus, work, extra)
+    cmd = cli_cmd(corpus, work, extra, max_rows)
     if gc_freeze:
         assert cmd[1:3] == ["-m", "lsvq_assets"]
         cmd = [PY, "-c", GC_FREEZE_SHIM, *cmd[3:]]
@@ -188,9 +195,10 @@ def run_project(
     if m.returncode != 0:
         raise RuntimeError(f"CLI failed ({m.returncode}):\n{m.stdout[-1500:]}\n{m.stderr[-3000:]}")
     runs = read_runs(str(home))
-    slice_runs = [r for r in runs if r.job == "lsvq_slice_job"]
-    shard_runs = [r for r in runs if r.job == "lsvq_shard_job"]
-    rows = _rows(work / "lsvq" / "lsvq.jsonl")
+    # Partition (slice) runs carry a partition key, the shard run(s) none; job names change with the redesign.
+    slice_runs = [r for r in runs if r.partition is not None]
+    shard_runs = [r for r in runs if r.partition is None]
+    rows = _rows(find_shard(work))
 
     def body(key: str, rs: list) -> float:
         return sum(r.steps[key].body_s for r in rs if key in r.steps)
@@ -231,7 +239,7 @@ def run_project(
     }
     return {
         "wall_s": m.wall_s,
-        "clips_per_s": len(corpus.names) / m.wall_s,
+        "clips_per_s": (max_rows or len(corpus.names)) / m.wall_s,
         "peak_rss_mb": m.peak_rss_mb,
         "maxrss_mb": m.maxrss_mb,
         "tree_peak_mb": m.tree_peak_mb,
@@ -267,6 +275,15 @@ def run_project(
     }
 
 
+def find_shard(work: Path) -> Path:
+    """The shard: ``<lsvq-dir>/lsvq.jsonl`` (one manifest), else the largest ``lsvq*.jsonl`` under ``work``."""
+    first = work / "lsvq" / "lsvq.jsonl"
+    if first.exists():
+        return first
+    found = sorted(work.rglob("lsvq*.jsonl"), key=lambda p: p.stat().st_size)
+    return found[-1] if found else first
+
+
 def cli_marks(stderr: str) -> dict[str, float]:
     """Epoch times of the CLI's "N rows in M slices" line and of its last "slice i/n" line."""
     out: dict[str, float] = {}
@@ -275,14 +292,14 @@ def cli_marks(stderr: str) -> dict[str, float]:
         if not m:
             continue
         when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the CLI's
-        if " rows in " in m["msg"] and " slices from " in m["msg"] and "rows" not in out:
+        if " rows in " in m["msg"] and re.search(r" (slices|partitions) from ", m["msg"]) and "rows" not in out:
             out["rows"] = when
         elif _SLICE_DONE.match(m["msg"]):
             out["slices_done"] = when
     return out
 
 
-_SLICE_DONE = re.compile(r"slice \d+/\d+ ")
+_SLICE_DONE = re.compile(r"(slice|partition) \d+/\d+ ")
 _LOG_LINE = re.compile(r"(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) \w+ (?P<msg>.*)")
 
 
@@ -402,6 +419,10 @@ def evaluate(res: dict) -> list[dict]:
         "manifest_parse_s": cfg["manifest_rows"] >= 39000,
         "archive_vs_url": True,
     }
+    il = res.get("interleaved")
+    il_cfg = il["config"] if il else {}
+    il_sized = (il_cfg.get("rows"), il_cfg.get("cap"), il_cfg.get("folders")) == (1000, 500, 4)
+    sized["interleaved_speedup_0ms"] = sized["interleaved_speedup_100ms"] = il_sized
 
     def add(target: str, want: str, got: str, ok: bool | None, variant: str = "default") -> None:
         if ok is not None and not sized[target]:
@@ -433,6 +454,12 @@ def evaluate(res: dict) -> list[dict]:
     add("manifest_parse_s", f"< {TARGETS['manifest_parse_s']:g}s to parse and slice {res['config']['manifest_rows']} rows",
         ", ".join(f"{k} {v['median_s']:.2f}s" for k, v in man.items()) if man else "not measured",
         None if worst is None else worst < TARGETS["manifest_parse_s"])
+    if il:
+        for ms, name in ((0, "interleaved_speedup_0ms"), (100, "interleaved_speedup_100ms")):
+            r = il["latency"].get(str(ms), {}).get("project")
+            ratio = r.get("speedup") if r else None
+            add(name, f">= {TARGETS[name]:g}x the seed ({il_cfg['cap']} of {il_cfg['rows']} rows over {il_cfg['folders']} folders, interleaved, {ms} ms)",
+                f"{ratio:.1f}x" if ratio else "not measured", None if ratio is None else ratio >= TARGETS[name])
     ratios = {ms: r["archive"]["vs_url"] for ms, r in lat.items() if r.get("archive")}
     add("archive_vs_url", f"archive source within {100 * (TARGETS['archive_vs_url'] - 1):.0f}% of the per-clip source (wall, same bytes)",
         ", ".join(f"{v:.2f}x at {ms} ms" for ms, v in ratios.items()) or res.get("archive_skipped", "not measured"),
@@ -454,8 +481,12 @@ def describe_tuned(args: argparse.Namespace) -> str | None:
 def print_report(res: dict) -> None:
     cfg = res["config"]
     log("")
-    log(f"== {cfg['clips']} clips x {cfg['clip_kb']} KB ({cfg['corpus_mb']} MB) in {cfg['folders']} folder(s); "
-        f"{res['machine']['cpus']} CPUs; load average {res['load_avg_start'][0]:.1f} at the start, {res['load_avg_end'][0]:.1f} at the end ==")
+    if not res["latency"]:
+        log(f"(one-folder case not run); {res['machine']['cpus']} CPUs; load average {res['load_avg_start'][0]:.1f} at the start, "
+            f"{res['load_avg_end'][0]:.1f} at the end")
+    else:
+        log(f"== {cfg['clips']} clips x {cfg['clip_kb']} KB ({cfg['corpus_mb']} MB) in {cfg['folders']} folder(s); "
+            f"{res['machine']['cpus']} CPUs; load average {res['load_avg_start'][0]:.1f} at the start, {res['load_avg_end'][0]:.1f} at the end ==")
     log("default = the CLI as it is (concurrency " + str(cfg["concurrency"] or "default") + ")"
         + (f"; proposed = {cfg['proposed']}" if cfg.get("proposed") else ""))
     head = f"{'latency':>8} {'variant':>8} {'wall':>8} {'clips/s':>8} {'CPU':>7} {'vs seed':>8} {'Dagster':>8} {'% slice':>8} {'RSS MB':>7}"
@@ -490,6 +521,23 @@ def print_report(res: dict) -> None:
             log(f"   seed baseline: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["seed"]["stage_s"].items()))
         if r.get("archive"):
             log(f"   archive: {r['archive']['wall_s']:.2f}s = {r['archive']['vs_url']:.2f}x the per-clip source; {r['archive']['rows_agree_with_url']}")
+    il = res.get("interleaved")
+    if il:
+        c = il["config"]
+        log(f"\n-- {c['cap']} rows of a {c['rows']}-row manifest, rows cycling through {c['folders']} folders "
+            f"(--max-rows {c['cap']}; {c['clip_kb']} KB clips) --")
+        for ms, r in il["latency"].items():
+            seed, p = r.get("seed"), r.get("project")
+            if seed:
+                log(f"{ms + ' ms':>8} {'seed':>8} {seed['wall_s']:7.2f}s {seed['clips_per_s']:8.1f}")
+            if p:
+                vs = f"{p['speedup']:.1f}x" if p.get("speedup") else "-"
+                log(f"{ms + ' ms':>8} {'default':>8} {p['wall_s']:7.2f}s {p['clips_per_s']:8.1f} CPU {p['cpu_s']:5.1f}s {vs:>7} vs seed; "
+                    f"{len(p['runs']) - 1} slice run(s), Dagster in slice runs {p['dagster_overhead_slice_s']:.2f}s, "
+                    f"{p['clip_requests']} clip requests, {p['rows_written']} rows, peak RSS {p['peak_rss_mb']:.0f} MB "
+                    f"(runs: {', '.join(f'{w:.2f}' for w in p['all_wall_s'])}s)")
+                if p.get("rows_agree"):
+                    log(f"         rows vs seed: {p['rows_agree']}")
     st = res.get("startup")
     if st:
         log(f"\nstartup, measured alone: interpreter + imports of the CLI's modules {st['imports_s']:.2f}s, "
@@ -534,6 +582,8 @@ def plot(res: dict, path: Path) -> str | None:
         return "matplotlib is not installed (pip install -e '.[bench]'): plot skipped"
     lat = res["latency"]
     keys = list(lat)
+    if not keys:
+        return "no one-folder case measured: plot skipped"
     proposed = f"--concurrency {res['config'].get('tuned_concurrency')}"
     if res["config"].get("tuned_gc"):
         proposed += " + gc.freeze()"
@@ -594,6 +644,47 @@ def plot(res: dict, path: Path) -> str | None:
 # --------------------------------------------------------------------------- main
 
 
+def run_interleaved(args: argparse.Namespace, work: Path, hash_rate: float, extra_conc: list[str], seed_ok: bool) -> dict:
+    """The first ``cap`` rows of a manifest whose rows cycle through ``folders`` folders: the seed and the CLI."""
+    from lsvq_assets_tests.loopback import LoopbackServer
+
+    spec = CorpusSpec(clips=args.interleaved_rows, clip_kb=args.clip_kb, folders=args.interleaved_folders, interleave=True)
+    corpus = build_corpus(work / "corpus", spec, log)
+    cap = args.interleaved_cap
+    out: dict = {
+        "config": {"rows": spec.clips, "cap": cap, "folders": spec.folders, "clip_kb": spec.clip_kb, "key": spec.key},
+        "latency": {},
+    }
+    for ms in args.latency_ms:
+        entry: dict = {}
+        with LoopbackServer(corpus.root, latency_s=ms / 1000) as server:
+            tpl = server.base_url + "/{name}{suffix}"
+            if seed_ok and not args.no_baseline:
+                log(f"[{ms} ms, interleaved] seed baseline: {cap} of {spec.clips} rows over {spec.folders} folders ...")
+                entry["seed"] = run_seed(corpus, server.base_url, work / "run" / "il-seed", max_rows=cap)
+                log(f"[{ms} ms, interleaved] seed: {entry['seed']['wall_s']:.1f}s ({entry['seed']['clips_per_s']:.1f} clips/s)")
+            runs = []
+            for i in range(args.repeat):
+                server.reset_log()
+                r = run_project(corpus, work / "run" / "il-project", ["--clip-url-template", tpl, *extra_conc], hash_rate, max_rows=cap)
+                r["clip_requests"] = server.count()
+                r["rows_written"] = r["rows"]
+                log(f"[{ms} ms, interleaved] project run {i + 1}/{args.repeat}: {r['wall_s']:.2f}s ({r['clips_per_s']:.0f} clips/s, "
+                    f"CPU {r['cpu_s']:.1f}s), {len(r['runs'])} Dagster runs, {r['clip_requests']} clip requests, "
+                    f"{r['rows']} rows, peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_avg']:.1f}")
+                runs.append(r)
+            entry["project"] = median_run(runs)
+        if entry.get("seed"):
+            p = entry["project"]
+            p["speedup"] = entry["seed"]["wall_s"] / p["wall_s"]
+            ok, why = rows_agree(entry["seed"]["rows"], p["_rows"])
+            p["rows_agree"] = why if ok else "MISMATCH: " + why
+            entry["seed"].pop("rows", None)
+        entry["project"].pop("_rows", None)
+        out["latency"][str(ms)] = entry
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     a = p.add_argument
@@ -612,6 +703,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--big-mib", type=int, default=1024, help="size of the memory-case clip in MiB (0 = skip; default 1024)")
     a("--manifest-rows", type=int, default=39000, help="rows of the generated manifest to parse (0 = skip)")
     a("--no-baseline", action="store_true", help="skip the seed baseline (no ratios)")
+    a("--cases", nargs="+", choices=("one-folder", "interleaved"), default=["one-folder", "interleaved"],
+      help="one-folder: --clips clips in --folders folder(s), --full (with the proposed and archive variants); "
+           "interleaved: --interleaved-cap rows of an --interleaved-rows manifest cycling through --interleaved-folders folders "
+           "(seed and default CLI). Default: both")
+    a("--interleaved-rows", type=int, default=1000, help="rows of the interleaved case's manifest (default 1000)")
+    a("--interleaved-cap", type=int, default=500, help="--max-rows of the interleaved case (default 500)")
+    a("--interleaved-folders", type=int, default=4, help="folders the interleaved manifest cycles through (default 4)")
     a("--no-archive", action="store_true", help="skip the archive source")
     a("--work", type=Path, default=REPO / ".bench", help="corpus cache and working directories (default .bench/)")
     a("--results", type=Path, default=REPO / "benchmarks" / "results", help="where the JSON and PNG go")
@@ -639,8 +737,9 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     work = args.work.absolute()
+    one_folder = "one-folder" in args.cases
     spec = CorpusSpec(clips=args.clips, clip_kb=args.clip_kb, folders=args.folders)
-    corpus = build_corpus(work / "corpus", spec, log)
+    corpus = build_corpus(work / "corpus", spec, log) if one_folder else None
     hash_rate = hashlib_mb_s()
     extra_conc = ["--concurrency", str(args.concurrency)] if args.concurrency else []
     res: dict = {
@@ -651,7 +750,8 @@ def main(argv: list[str] | None = None) -> int:
             "clips": args.clips,
             "clip_kb": args.clip_kb,
             "folders": args.folders,
-            "corpus_mb": round(corpus.bytes / 1e6, 1),
+            "corpus_mb": round(corpus.bytes / 1e6, 1) if corpus else None,
+            "cases": list(args.cases),
             "concurrency": args.concurrency,
             "tuned_concurrency": args.tuned_concurrency,
             "tuned_gc": bool(args.tuned_concurrency and args.tuned_gc),
@@ -677,9 +777,9 @@ def main(argv: list[str] | None = None) -> int:
     if not arc_ok:
         log(f"archive source skipped: {arc_why}")
         res["archive_skipped"] = f"skipped: {arc_why}"
-    archives = build_archives(corpus, work / "archives" / spec.key, log) if arc_ok else None
+    archives = build_archives(corpus, work / "archives" / spec.key, log) if arc_ok and corpus else None
 
-    for ms in args.latency_ms:
+    for ms in args.latency_ms if one_folder else []:
         entry: dict = {}
         with LoopbackServer(corpus.root, latency_s=ms / 1000) as server:
             tpl = server.base_url + "/{name}{suffix}"
@@ -722,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
                 entry[part].pop("rows", None) if part == "seed" else None
         res["latency"][str(ms)] = entry
 
+    if "interleaved" in args.cases:
+        res["interleaved"] = run_interleaved(args, work, hash_rate, extra_conc, tools_ok)
     res["startup"] = startup_costs(work / "run" / "startup")
     if args.big_mib:
         big = build_big_clip(work / "corpus", args.big_mib << 20, log)
