@@ -5,14 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shlex
-import signal
 import socket
 import sys
-import threading
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -21,32 +16,14 @@ from lsvq_assets import progress
 from lsvq_assets.automation import PARTITION_JOB
 from lsvq_assets.checks import LEAKAGE_CHECK
 from lsvq_assets.core import storage
-from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets.core.partitioning import Plan
 from lsvq_assets.partitions import register_partitions
+from lsvq_assets.runs import SignalWatch, fail_abandoned_runs, failure_message, interrupted, open_instance, ui_command
 
 log = logging.getLogger("lsvq_assets")
 
 EXIT_OK, EXIT_TRANSIENT, EXIT_USER = 0, 1, 2
-
-
-def open_instance(layout: Layout) -> dg.DagsterInstance:
-    """The instance at $DAGSTER_HOME when set, else a persistent one under the working directory."""
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    layout.dagster_home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.from_config(str(layout.dagster_home))
-
-
-def ui_command(instance: dg.DagsterInstance, config: dict) -> str:
-    """The command that opens the Dagster UI on the instance with every setting the CLI used."""
-    from lsvq_assets.settings import ui_command_env
-
-    env = [f"DAGSTER_HOME={shlex.quote(instance.root_directory)}", *ui_command_env(config)]
-    workspace = Path(__file__).resolve().parent.parent / "workspace.yaml"
-    target = f"-w {shlex.quote(str(workspace))}" if workspace.exists() else "-m lsvq_assets.definitions"
-    return " ".join(env) + f" dagster dev {target}"
 
 
 class ShardFailed(RuntimeError):
@@ -59,26 +36,6 @@ class CliReport:
     skipped: list[str] = field(default_factory=list)  # partitions already current
     shards: dict[str, dict] = field(default_factory=dict)  # split -> shard metadata
     leaks: dict[str, list[dict]] = field(default_factory=dict)  # split -> clips also in another split
-
-
-def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
-    """Did Ctrl-C / SIGTERM end this run? Dagster turns the signal into a failed step, not an exception."""
-    return any(
-        event.is_step_failure
-        and event.step_failure_data is not None
-        and event.step_failure_data.error is not None
-        and event.step_failure_data.error.cls_name == "DagsterExecutionInterruptedError"
-        for event in result.all_events
-    )
-
-
-def _failure_message(result: dg.ExecuteInProcessResult) -> str:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.user_failure_data:
-            return event.step_failure_data.user_failure_data.description or "failed"
-        if event.is_step_failure and event.step_failure_data:
-            return event.step_failure_data.error.message.strip().splitlines()[-1] if event.step_failure_data.error else "failed"
-    return "failed"
 
 
 def run_partitions(
@@ -136,16 +93,16 @@ def run_partitions(
         if result.success:
             log.info("partition %d/%d %s: done (run %s)", done, len(todo), key, result.run_id)
         else:
-            report.failed[key] = _failure_message(result)
+            report.failed[key] = failure_message(result)
             log.warning("partition %d/%d %s: FAILED (run %s): %s", done, len(todo), key, result.run_id, report.failed[key])
 
-    with _SignalWatch() as signalled:
+    with SignalWatch() as signalled:
         try:
             for key in todo:
                 result = job.execute_in_process(
                     partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False
                 )
-                if (not result.success and _interrupted(result)) or signalled():
+                if (not result.success and interrupted(result)) or signalled():
                     raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
                 finished(key, result)
         finally:
@@ -164,7 +121,7 @@ def run_partitions(
             raise_on_error=False,
             asset_selection=[dg.AssetKey(f"lsvq_shard_{s}") for s in splits if s not in current],
         )
-        if (not result.success and _interrupted(result)) or signalled():
+        if (not result.success and interrupted(result)) or signalled():
             raise KeyboardInterrupt("shards")
     for split in splits:
         mats = result.asset_materializations_for_node(f"lsvq_shard_{split}")
@@ -176,7 +133,7 @@ def run_partitions(
             records = ev.metadata["records"].value if "records" in ev.metadata else []
             report.leaks[split] = [dict(r) for r in records] if isinstance(records, list) else []
     if not result.success:
-        raise ShardFailed(f"assembling the shards failed: {_failure_message(result)}")
+        raise ShardFailed(f"assembling the shards failed: {failure_message(result)}")
     return report
 
 
@@ -193,68 +150,6 @@ def _current_shard(instance: dg.DagsterInstance, lsvq: Any, split: str) -> dict 
     if meta["inputs"] != shard_inputs(lsvq, split) or not (storage.exists(out) and storage.exists(replay)):
         return None
     return meta
-
-
-class _SignalWatch:
-    """Did SIGINT / SIGTERM arrive? Dagster holds a signal that lands in a run's tail (after its last
-    step) and drops it when the run ends; the wakeup fd still sees it, so the CLI stops (exit 130)."""
-
-    def __enter__(self) -> Callable[[], bool]:
-        self.fds: tuple[int, int] | None = None
-        if threading.current_thread() is threading.main_thread():
-            r, w = os.pipe()
-            os.set_blocking(r, False)
-            os.set_blocking(w, False)
-            self.fds, self.previous = (r, w), signal.set_wakeup_fd(w)
-        return self.fired
-
-    def fired(self) -> bool:
-        if self.fds is None:
-            return False
-        try:
-            data = os.read(self.fds[0], 512)
-        except BlockingIOError:
-            return False
-        return any(b in (signal.SIGINT, signal.SIGTERM) for b in data)
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.fds is not None:
-            signal.set_wakeup_fd(self.previous)
-            for fd in self.fds:
-                os.close(fd)
-
-
-def _alive(pid: str) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def fail_abandoned_runs(instance: dg.DagsterInstance, lsvq_dir: Path) -> list[str]:
-    """Mark failed the runs a CLI on this host and ``lsvq_dir`` started and never ended (its process was killed).
-
-    A run whose CLI process is still alive (another CLI given other ``--partition`` keys) is left
-    alone. Without this the UI would show them (and their partitions) as in progress forever.
-    """
-    records = instance.get_run_records(
-        filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED],
-            tags={"lsvq/entry_point": "cli", "lsvq/lsvq_dir": str(lsvq_dir), "lsvq/host": socket.gethostname()},
-        )
-    )
-    dead = [rec.dagster_run for rec in records if not _alive(rec.dagster_run.tags.get("lsvq/pid", ""))]
-    for run in dead:
-        instance.report_run_failed(
-            run,
-            message=f"The CLI process that ran this (pid {run.tags.get('lsvq/pid', '?')}) ended without finishing it "
-            f"(killed?); marked failed by the next CLI run on {lsvq_dir} (pid {os.getpid()}).",
-        )
-        log.warning("run %s was left unfinished by a killed CLI run: marked failed", run.run_id)
-    return [run.run_id for run in dead]
 
 
 def run_cli(

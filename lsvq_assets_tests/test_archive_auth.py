@@ -20,7 +20,8 @@ from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.store import FetchState
 from lsvq_assets.net import Bearer, HttpClient
 from lsvq_assets.sources.archive import ArchiveClipSource
-from lsvq_assets.sources.base import ClipResult, ingest_clips
+from lsvq_assets.sources.base import ClipResult
+from lsvq_assets.sources.ingest import ingest_clips
 from lsvq_assets.sources.url import UrlClipSource
 from lsvq_assets_tests.loopback import LoopbackServer
 

@@ -18,7 +18,8 @@ from lsvq_assets.partitions import folder_partitions
 from lsvq_assets.probing.pool import ProbeAhead
 from lsvq_assets.progress import partition_progress
 from lsvq_assets.resources import ClipSourceResource, LsvqSettings, ProbeResource
-from lsvq_assets.sources.base import FAILED, SliceClips, ingest_clips
+from lsvq_assets.sources.base import FAILED
+from lsvq_assets.sources.ingest import SliceClips, ingest_clips
 
 CLIPS_FILE = "clips.parquet"
 # The concurrency pool of every run that downloads: its limit (deploy/dagster.yaml, or
