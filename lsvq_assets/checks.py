@@ -4,7 +4,7 @@ published), every row accounted for, attrition, MOS scale, and no clip in two sp
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import dagster as dg
 
@@ -45,7 +45,7 @@ def shard_check_specs(asset: dg.AssetKey) -> list[dg.AssetCheckSpec]:
     ]
 
 
-def schema_problems(lines: Sequence[str]) -> list[dict]:
+def schema_problems(lines: Iterable[str]) -> list[dict]:
     """Lines that break the schema or repeat a sha256: ``{"line", "problems"}`` each."""
     bad: list[dict] = []
     seen: set[str] = set()

@@ -3,7 +3,7 @@
 import hashlib
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import dagster as dg
@@ -26,6 +26,7 @@ from lsvq_assets.checks import (
     shard_sha256s,
 )
 from lsvq_assets.core import storage
+from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.replay import replay_manifest, run_provenance, write_replay
 from lsvq_assets.core.rows import CORPUS, assemble
 from lsvq_assets.core.tables import read_table
@@ -54,34 +55,32 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
     plan = lsvq.plan()
     layout = lsvq.layout()
     capped = plan.capped(split)
-    pairs: list[tuple[int, str, dict]] = []
-    failed: list[dict] = []
-    broken: list[dict] = []
-    pending: dict[str, int] = {}
-    tables: dict[str, dict[str, dict]] = {}
+    by_key: dict[str, list[tuple[int, ManifestRow]]] = {}
     for i, row in enumerate(capped):
-        key = plan.key_of[row.src]
-        if key not in tables:
-            path = layout.partition_file(key, rows_file(split))
-            tables[key] = {r["src"]: r for r in read_table(path)} if storage.exists(path) else {}
-        got = tables[key].get(row.src)
-        if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
-            pending[key] = pending.get(key, 0) + 1
-        elif got["outcome"] == WRITTEN:
-            try:
-                parsed = json.loads(got["line"])
-            except (TypeError, ValueError) as exc:
-                raise dg.Failure(
-                    description=f"partition {key}: the {split} row of {row.src} in {rows_file(split)} is not a JSON line ({exc}); "
-                    f"nothing was published. Run partition {key} again.",
-                    allow_retries=False,
-                ) from None
-            pairs.append((i, got["line"], parsed))
-        elif got["outcome"] == DOWNLOAD_FAILED:
-            failed.append({"src": row.src, "reason": got["reason"]})
-        elif got["outcome"] == BROKEN:
-            broken.append({"src": row.src, "reason": got["reason"]})
-    return {"plan": plan, "capped": capped, "pairs": pairs, "failed": failed, "broken": broken, "pending": pending}
+        by_key.setdefault(plan.key_of[row.src], []).append((i, row))
+    # One partition's table at a time, and of each written row only its line and what dedup needs:
+    # memory stays near one partition's rows plus the shard's lines.
+    pairs: list[tuple[int, str, dict]] = []
+    failed: list[tuple[int, dict]] = []
+    broken: list[tuple[int, dict]] = []
+    pending: dict[str, int] = {}
+    for key, items in by_key.items():
+        path = layout.partition_file(key, rows_file(split))
+        table = {r["src"]: r for r in read_table(path)} if storage.exists(path) else {}
+        for i, row in items:
+            got = table.get(row.src)
+            if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
+                pending[key] = pending.get(key, 0) + 1
+            elif got["outcome"] == WRITTEN:
+                pairs.append((i, got["line"], {"src": row.src, "src_sha256": got["src_sha256"], "mos": got["mos"]}))
+            elif got["outcome"] == DOWNLOAD_FAILED:
+                failed.append((i, {"src": row.src, "reason": got["reason"]}))
+            elif got["outcome"] == BROKEN:
+                broken.append((i, {"src": row.src, "reason": got["reason"]}))
+        del table
+    in_order = lambda found: [r for _, r in sorted(found, key=lambda x: x[0])]  # noqa: E731
+    pending = {k: pending[k] for k in by_key if k in pending}
+    return {"plan": plan, "capped": capped, "pairs": pairs, "failed": in_order(failed), "broken": in_order(broken), "pending": pending}
 
 
 def shard_inputs(lsvq: LsvqSettings, split: str) -> str:
@@ -164,13 +163,22 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
         }
         keys = plan.split_partitions(split)
         with storage.publish(out_path, lsvq.layout().lsvq_dir / "scratch") as staged:
-            staged.write_text("".join(line + "\n" for line in out.lines))
+            with open(staged, "w", encoding="utf-8") as fh:
+                fh.writelines(line + "\n" for line in out.lines)
             # The blocking check reads the staged file: what would be published, byte for byte.
-            staged_lines = staged.read_text().splitlines()
-            bad = schema_problems(staged_lines)
+            checked = 0
+
+            def staged_lines() -> Iterator[str]:
+                nonlocal checked
+                with open(staged, encoding="utf-8") as fh:
+                    for line in fh:
+                        checked += 1
+                        yield line[:-1] if line.endswith("\n") else line
+
+            bad = schema_problems(staged_lines())
             if bad:
                 raise dg.Failure(
-                    description=f"{len(bad)} of {len(staged_lines)} lines of the {split} shard break the schema "
+                    description=f"{len(bad)} of {checked} lines of the {split} shard break the schema "
                     f"(first: line {bad[0]['line']}: {bad[0]['problems']}); nothing was published: "
                     f"{out_path} and its replay manifest are the previous ones. Run the partitions again.",
                     metadata={"invalid": md_table(bad, ["line", "problems"]), "invalid_lines": len(bad)},
@@ -216,7 +224,7 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
             },
             data_version=dg.DataVersion(digest),
             check_results=[
-                schema_check(len(staged_lines), bad),
+                schema_check(checked, bad),
                 accounting_check(stats, len(capped), pending),
                 attrition_check(stats, lsvq.attrition_warn_threshold),
                 mos_scale_check(mos_range),
