@@ -17,6 +17,11 @@ from lsvq_assets.core.files import atomic_path
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.storage import Location
 
+# The partitions' tables are small and many: Arrow's default pool (jemalloc/mimalloc) keeps what
+# they freed, and a whole-corpus run grew by ~1 MB a partition for it. The system allocator gives
+# it back (measured at corpus scale: peak 356 -> 296 MB, no change in time).
+pa.set_memory_pool(pa.system_memory_pool())
+
 MANIFEST_SCHEMA = pa.schema(
     [
         ("index", pa.int64()),
