@@ -48,6 +48,7 @@ import signal
 import time
 from pathlib import Path
 
+import dagster as dg
 import pytest
 import yaml
 
@@ -309,6 +310,12 @@ def test_production_topology_backfill_kill_and_shards_equal_the_cli(
         "DAGSTER_HOME": str(home), "DAGSTER_PG_USERNAME": pg_database["username"], "DAGSTER_PG_PASSWORD": pg_database["password"],
         "DAGSTER_PG_HOST": pg_database["hostname"], "DAGSTER_PG_DB": pg_database["db_name"], "DAGSTER_PG_PORT": pg_database["port"],
     }
+    # Create the instance's tables once, as a deployment's first start does: three processes creating
+    # them at the same moment race in PostgreSQL ("type job_ticks already exists").
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in pg_env.items():
+            env.setenv(name, value)
+        dg.DagsterInstance.from_config(str(home)).dispose()
     with LoopbackServer(corpus.root) as clips:
         common = settings_env(files, clips.base_url)
         roles = ("code-server", "dagster-webserver", "dagster-daemon")
