@@ -20,11 +20,26 @@ log = logging.getLogger("lsvq_assets")
 
 
 def open_instance(layout: Layout) -> dg.DagsterInstance:
-    """The instance at $DAGSTER_HOME when set, else a persistent one under the working directory."""
-    if os.environ.get("DAGSTER_HOME"):
-        return dg.DagsterInstance.get()
-    layout.dagster_home.mkdir(parents=True, exist_ok=True)
-    return dg.DagsterInstance.from_config(str(layout.dagster_home))
+    """The instance at $DAGSTER_HOME when set, else a persistent one under the working directory.
+
+    On Dagster's default SQLite storage (no storage configured in its ``dagster.yaml``) its files
+    are written through connections kept open (see ``instance_storage``): the same files, faster.
+    """
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.instance.ref import InstanceRef
+
+    from lsvq_assets.instance_storage import STORAGE_KEYS, instance_overrides
+
+    home = os.environ.get("DAGSTER_HOME")
+    if not home:
+        layout.dagster_home.mkdir(parents=True, exist_ok=True)
+        home = str(layout.dagster_home)
+    elif not os.path.isabs(home) or not os.path.isdir(home):
+        return dg.DagsterInstance.get()  # Dagster's own error for a DAGSTER_HOME it cannot use
+    config, custom_class = dagster_instance_config(home)
+    if custom_class is not None or any(config.get(k) for k in STORAGE_KEYS):
+        return dg.DagsterInstance.from_config(home)
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=instance_overrides(home)))
 
 
 def ui_command(instance: dg.DagsterInstance, config: dict) -> str:

@@ -9,12 +9,14 @@ it writes, so a temp file that can be locked has no live writer.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import re
 import tempfile
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -103,6 +105,42 @@ def atomic_open(path: Path, mode: str = "wb") -> Iterator[IO]:
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_open(path, "wb") as fh:
         fh.write(data)
+
+
+def _syncfs() -> Callable[[int], int] | None:
+    """Linux's ``syncfs(fd)`` (flush one filesystem), or None where libc has no such call."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+        return libc.syncfs
+    except (OSError, AttributeError):
+        return None
+
+
+_SYNCFS = _syncfs()
+
+
+def sync_files(paths: Iterable[str | Path]) -> None:
+    """Make the data of many written files durable: one ``syncfs`` per filesystem they are on
+    (Linux), else an ``fsync`` of each. Writing many small files, then this once before they are
+    renamed into place, keeps the guarantee of an ``fsync`` per file at a fraction of its cost.
+    Raises ``OSError`` when the flush fails.
+    """
+    done: set[int] = set()
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            if _SYNCFS is None:
+                os.fsync(fd)
+                continue
+            dev = os.fstat(fd).st_dev
+            if dev in done:
+                continue
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"syncfs: {os.strerror(err)}", str(path))
+            done.add(dev)
+        finally:
+            os.close(fd)
 
 
 def sha256_file(path: Path, bufsize: int = 1 << 20) -> tuple[str, int]:

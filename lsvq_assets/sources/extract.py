@@ -4,10 +4,11 @@
 archive or member size: the gzip layer is decompressed by :class:`Gunzip` in bounded steps (every
 gzip member's CRC-32 and length trailer checked by zlib), the tar layer is read by :mod:`tarfile`
 in stream mode. Only members named exactly like a wanted name (a leading ``./`` accepted) are
-written, each to a hidden temp file beside its destination, hashed on the way and fsynced; the temp
-files are renamed into place only once the whole stream was read and verified, so a corrupt or
-truncated archive (:class:`CorruptArchive`) never leaves a member behind. A gzip that checks out
-around a broken tar is the archive as published: the members read before the damage are kept, the
+written, each to a hidden temp file beside its destination, hashed on the way; the temp files are
+made durable together (one ``syncfs``, see :func:`~lsvq_assets.core.files.sync_files`) and renamed
+into place only once the whole stream was read and verified, so a corrupt or truncated archive
+(:class:`CorruptArchive`) never leaves a member behind. A gzip that checks out around a broken tar
+is the archive as published: the members read before the damage are kept, the
 other wanted ones fail with ``bad-archive: ...``.
 
 Members that are absolute, hold ``..``, are links, devices or fifos, are larger than
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from lsvq_assets.core.files import sync_files
 from lsvq_assets.net.stream import CHUNK_SIZE, write_all
 from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
 
@@ -100,7 +102,7 @@ def _unlink(path: str) -> None:
 
 
 def _write_member(member: BinaryIO, dest: Path, expected: int) -> tuple[str, str, int]:
-    """Copy one member into a hidden temp file beside ``dest``, fsynced: (temp path, sha256, size)."""
+    """Copy one member into a hidden temp file beside ``dest`` (synced later, with the others): (temp path, sha256, size)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     done = False
@@ -114,7 +116,6 @@ def _write_member(member: BinaryIO, dest: Path, expected: int) -> tuple[str, str
         if size != expected:
             raise CorruptArchive(f"member {dest.name}: {size} of {expected} bytes")
         os.fchmod(fd, 0o644)
-        os.fsync(fd)
         done = True
         return tmp, h.hexdigest(), size
     finally:
@@ -179,6 +180,7 @@ def extract_members(
             log.warning("archive %s: the tar inside is broken (%s)", label, tar_error)
         for name, reason in refused.items():
             out[name] = MemberResult(False, reason=reason)
+        sync_files(tmp for name, (tmp, _, _, size) in staged.items() if name not in refused and size)
         for name, (tmp, dest, sha, size) in staged.items():
             if name in refused:
                 continue  # an unsafe member with this name too: write none of them

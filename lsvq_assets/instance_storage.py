@@ -1,0 +1,114 @@
+"""SQLite storage for the CLI's own Dagster instance that keeps its connections open.
+
+Dagster's SQLite run and event-log storages open a new SQLAlchemy engine and SQLite connection for
+every call and close it after (``NullPool``); closing the last connection of a WAL database
+checkpoints it, and every commit is fsynced. A partition run makes ~120 commits (its ~30 events,
+their index rows, run status), so a run of four trivial assets cost ~1.1 s on this project's
+SQLite instance against ~0.2 s in memory. These subclasses keep one engine per database open (the
+event log: the index and the few most recent runs' files) and commit with ``synchronous=NORMAL``
+(see ``SYNCHRONOUS``): ~0.4 s. The files, their schema and their WAL mode are exactly Dagster's, so
+``dagster dev`` on the same ``DAGSTER_HOME`` reads them with the stock storage, and other processes
+read them while the CLI writes.
+
+Only the CLI process uses them (:func:`lsvq_assets.runs.open_instance`, as overrides: nothing is
+written to ``dagster.yaml``), and only on Dagster's default SQLite storage: an instance whose
+``dagster.yaml`` chooses a storage (PostgreSQL, a consolidated event log…) is opened as configured.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SQLITE_BUSY_TIMEOUT_SECONDS, SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Connection, Engine
+
+MODULE = __name__
+OPEN_SHARDS = 4  # the index shard and the most recent runs' files
+# WAL with synchronous=NORMAL: a commit is not fsynced (a checkpoint is). The database stays
+# consistent whatever happens; a power cut may lose the last events, never a partition's outputs
+# (fsynced, and the truth: a partition whose last events were lost is found current or re-run).
+SYNCHRONOUS = "NORMAL"
+STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")  # dagster.yaml keys that choose a storage
+
+
+def instance_overrides(dagster_home: str) -> dict[str, Any]:
+    """``DagsterInstance`` overrides that put these storages on Dagster's default SQLite layout."""
+    history = os.path.join(dagster_home, "history", "")
+    return {
+        "run_storage": {"module": MODULE, "class": "PooledSqliteRunStorage", "config": {"base_dir": history}},
+        "event_log_storage": {
+            "module": MODULE,
+            "class": "PooledSqliteEventLogStorage",
+            "config": {"base_dir": os.path.join(history, "runs", "")},
+        },
+    }
+
+
+def _engine(conn_string: str) -> Engine:
+    engine = create_engine(conn_string, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+    event.listen(engine, "connect", _synchronous)
+    return engine
+
+
+def _synchronous(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+    cursor.close()
+
+
+class PooledSqliteRunStorage(SqliteRunStorage):
+    """``SqliteRunStorage`` with one engine (and its connection pool) for the life of the storage."""
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Any) -> PooledSqliteRunStorage:
+        return cls.from_local(inst_data=inst_data, **config_value)
+
+    def __init__(self, conn_string: str, inst_data: Any = None) -> None:
+        super().__init__(conn_string, inst_data)
+        self._pooled = _engine(conn_string)  # connects lazily
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Connection]:
+        with self._pooled.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        self._pooled.dispose()
+        super().dispose()
+
+
+class PooledSqliteEventLogStorage(SqliteEventLogStorage):
+    """``SqliteEventLogStorage`` keeping the engines of the last ``OPEN_SHARDS`` databases open."""
+
+    def __init__(self, base_dir: str, inst_data: Any = None) -> None:
+        self._engines: OrderedDict[str, Engine] = OrderedDict()  # used and evicted under _db_lock only
+        super().__init__(base_dir, inst_data)  # may index a new instance (through _connect)
+
+    @classmethod
+    def from_config_value(cls, inst_data: Any, config_value: Any) -> PooledSqliteEventLogStorage:
+        return cls(inst_data=inst_data, **config_value)
+
+    @contextlib.contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        with self._db_lock:
+            engine = self._engines.pop(shard, None) or _engine(self.conn_string_for_shard(shard))
+            self._engines[shard] = engine  # the most recently used last
+            while len(self._engines) > OPEN_SHARDS:
+                self._engines.popitem(last=False)[1].dispose()
+            if shard not in self._initialized_dbs:
+                self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def dispose(self) -> None:
+        with self._db_lock:
+            while self._engines:
+                self._engines.popitem()[1].dispose()
+        super().dispose()

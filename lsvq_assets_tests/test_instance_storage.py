@@ -1,0 +1,104 @@
+"""The CLI's own instance keeps its SQLite connections open, and writes the very files Dagster's stock
+SQLite storage (``dagster dev`` on the same ``DAGSTER_HOME``) reads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from lsvq_assets import instance_storage
+from lsvq_assets.core.layout import Layout
+from lsvq_assets.instance_storage import PooledSqliteEventLogStorage, PooledSqliteRunStorage
+from lsvq_assets.runs import open_instance
+
+P = dg.DynamicPartitionsDefinition(name="p")
+
+
+@dg.asset(partitions_def=P)
+def upstream() -> None:
+    return None
+
+
+@dg.asset(partitions_def=P, deps=[upstream])
+def downstream(context) -> dg.MaterializeResult:  # noqa: ANN001  (dagster reads the annotation at definition)
+    context.log.info("partition %s", context.partition_key)
+    return dg.MaterializeResult(metadata={"key": context.partition_key})
+
+
+JOB = dg.Definitions(assets=[upstream, downstream], jobs=[dg.define_asset_job("j", selection=[upstream, downstream])]).resolve_job_def("j")
+
+
+@pytest.fixture
+def cli_instance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dg.DagsterInstance:
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    instance = open_instance(Layout.create(tmp_path / "lsvq"))
+    yield instance
+    instance.dispose()
+
+
+def test_cli_instance_uses_the_pooled_storages_on_dagsters_layout(cli_instance: dg.DagsterInstance) -> None:
+    assert isinstance(cli_instance.run_storage, PooledSqliteRunStorage)
+    assert isinstance(cli_instance.event_log_storage, PooledSqliteEventLogStorage)
+    home = Path(cli_instance.root_directory)
+    assert (home / "history" / "runs.db").is_file() and (home / "history" / "runs" / "index.db").is_file()
+    assert not (home / "dagster.yaml").exists()  # an override of this process, nothing for the UI to load
+
+
+def test_runs_written_through_pooled_connections_read_back_with_the_stock_storage(
+    cli_instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(instance_storage, "OPEN_SHARDS", 2)  # evict while runs are written
+    keys = [f"k{i}" for i in range(5)]
+    cli_instance.add_dynamic_partitions("p", keys)
+    run_ids = []
+    for key in keys:
+        result = JOB.execute_in_process(partition_key=key, instance=cli_instance)
+        assert result.success
+        run_ids.append(result.run_id)
+        assert len(cli_instance.event_log_storage._engines) <= 2
+    stock = dg.DagsterInstance.from_config(cli_instance.root_directory)  # what `dagster dev` opens
+    try:
+        assert type(stock.event_log_storage).__name__ == "SqliteEventLogStorage"
+        assert {r.run_id for r in stock.get_runs()} == set(run_ids)
+        assert all(r.status == dg.DagsterRunStatus.SUCCESS for r in stock.get_runs())
+        for key, run_id in zip(keys, run_ids, strict=True):
+            logs = stock.all_logs(run_id)
+            assert any(e.user_message == f"partition {key}" for e in logs)
+        mats = stock.fetch_materializations(dg.AssetKey("downstream"), limit=10).records
+        assert sorted(m.partition_key for m in mats) == keys
+        # and the pooled instance reads what the stock one writes
+        stock.add_dynamic_partitions("p", ["from-stock"])
+        assert stock.get_runs()  # the stock storage opened the files the pooled one keeps open
+        assert "from-stock" in cli_instance.get_dynamic_partitions("p")
+        assert JOB.execute_in_process(partition_key="from-stock", instance=stock).success
+        assert cli_instance.get_latest_materialization_event(dg.AssetKey("downstream")).asset_materialization.partition == "from-stock"
+    finally:
+        stock.dispose()
+
+
+def test_dagster_home_on_default_storage_is_pooled_and_a_configured_storage_is_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = Layout.create(tmp_path / "lsvq")
+    plain, configured = tmp_path / "plain", tmp_path / "configured"
+    plain.mkdir()
+    (plain / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    configured.mkdir()
+    (configured / "dagster.yaml").write_text(
+        "event_log_storage:\n  module: dagster._core.storage.event_log\n  class: ConsolidatedSqliteEventLogStorage\n"
+        f"  config:\n    base_dir: {configured}/history\n"
+    )
+    for home, expected in (
+        (plain, PooledSqliteEventLogStorage),
+        (configured, dg._core.storage.event_log.ConsolidatedSqliteEventLogStorage),
+    ):
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        instance = open_instance(layout)
+        try:
+            assert type(instance.event_log_storage) is expected
+            assert instance.root_directory == str(home)
+        finally:
+            instance.dispose()
+    assert not layout.dagster_home.exists()  # DAGSTER_HOME set: nothing under the working directory
