@@ -34,6 +34,7 @@ OPEN_SHARDS = 4  # the index shard and the most recent runs' files
 # consistent whatever happens; a power cut may lose the last events, never a partition's outputs
 # (fsynced, and the truth: a partition whose last events were lost is found current or re-run).
 SYNCHRONOUS = "NORMAL"
+CACHE_KIB = 512  # page cache per open connection (SQLite's default: 2 MiB): they stay open now
 STORAGE_KEYS = ("storage", "run_storage", "event_log_storage", "schedule_storage")  # dagster.yaml keys that choose a storage
 
 
@@ -59,6 +60,7 @@ def _engine(conn_string: str) -> Engine:
 def _synchronous(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA synchronous={SYNCHRONOUS}")
+    cursor.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
     cursor.close()
 
 

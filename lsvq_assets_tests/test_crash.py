@@ -293,3 +293,27 @@ def test_ctrl_c_or_sigterm_stops_the_run_with_130(tmp_path: Path, corpus: Corpus
     wait_for(lambda: read_holder(lock).get("pid") == cli.pid, 60, "the CLI lock", cli)
     os.kill(cli.pid, signal.SIGTERM)
     assert cli.wait(60) == 130, cli.stderr
+
+
+def test_sync_files_flushes_each_filesystem_once_and_falls_back_to_fsync(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An archive's members are made durable together before they are renamed into place."""
+    from lsvq_assets.core import files
+
+    paths = []
+    for i in range(5):
+        p = tmp_path / f"m{i}.part"
+        p.write_bytes(b"x" * (i + 1))
+        paths.append(p)
+    calls: list[int] = []
+    real = files._SYNCFS
+    if real is not None:
+        monkeypatch.setattr(files, "_SYNCFS", lambda fd: calls.append(fd) or real(fd))
+        files.sync_files(paths)
+        assert len(calls) == 1  # one filesystem: one syncfs for the five files
+    fsynced: list[int] = []
+    monkeypatch.setattr(files, "_SYNCFS", None)  # no syncfs (not Linux): an fsync of each
+    monkeypatch.setattr(files.os, "fsync", lambda fd: fsynced.append(fd))
+    files.sync_files(paths)
+    assert len(fsynced) == 5
+    with pytest.raises(FileNotFoundError):
+        files.sync_files([tmp_path / "gone.part"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -81,8 +82,14 @@ class Layout:
 
     def clip_path(self, src: str) -> Path:
         """The clip's local path under the clips directory; ValueError if ``src`` would land outside it."""
-        base = os.path.normpath(self.clips_dir)  # clips_dir may hold ".." (--lsvq-dir ../lsvq)
-        path = os.path.normpath(os.path.join(base, src))
-        if not path.startswith(base + os.sep):
+        path = _clip_path(str(self.clips_dir), src)
+        if path is None:
             raise ValueError(f"clip path {src!r} lands outside {self.clips_dir}")
-        return Path(path)
+        return path
+
+
+@functools.lru_cache(maxsize=4096)  # asked for several times per clip while a partition runs
+def _clip_path(clips_dir: str, src: str) -> Path | None:
+    base = os.path.normpath(clips_dir)  # clips_dir may hold ".." (--lsvq-dir ../lsvq)
+    path = os.path.normpath(os.path.join(base, src))
+    return Path(path) if path.startswith(base + os.sep) else None

@@ -24,7 +24,7 @@ import hashlib
 import json
 import threading
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -145,7 +145,7 @@ class FetchState:
         """
         for src, rec in self._clips.items():
             if src not in self._encoded:
-                self._encoded[src] = _dumps(asdict(rec))
+                self._encoded[src] = _dumps(rec.__dict__)  # flat: what asdict gives, without its deep copy
         clips = ",".join(f"{_dumps(src)}:{self._encoded[src]}" for src in sorted(self._clips))
         rest = _dumps({"probes": dict(sorted(self._probes.items())), "seed_imports": sorted(self._seeds)})
         doc = f'{{"version":{STATE_VERSION},"clips":{{{clips}}},{rest[1:]}'

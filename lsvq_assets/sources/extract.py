@@ -101,9 +101,14 @@ def _unlink(path: str) -> None:
         os.unlink(path)
 
 
-def _write_member(member: BinaryIO, dest: Path, expected: int) -> tuple[str, str, int]:
-    """Copy one member into a hidden temp file beside ``dest`` (synced later, with the others): (temp path, sha256, size)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _write_member(member: BinaryIO, dest: Path, expected: int, made: set[Path]) -> tuple[str, str, int]:
+    """Copy one member into a hidden temp file beside ``dest`` (synced later, with the others): (temp path, sha256, size).
+
+    ``made``: the directories already made by this extraction.
+    """
+    if dest.parent not in made:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        made.add(dest.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     done = False
     try:
@@ -140,6 +145,7 @@ def extract_members(
     problems; in both cases nothing has been renamed into place.
     """
     staged: dict[str, tuple[str, Path, str, int]] = {}  # name -> (temp, dest, sha256, size)
+    made: set[Path] = set()
     refused: dict[str, str] = {}
     tar_error: str | None = None
     try:
@@ -165,7 +171,7 @@ def extract_members(
                         continue
                     member = tar.extractfile(info)
                     assert member is not None  # a regular file
-                    tmp, sha, size = _write_member(member, dest, info.size)
+                    tmp, sha, size = _write_member(member, dest, info.size, made)
                     if name in staged:  # the same name twice: the last one wins, as with tar
                         _unlink(staged[name][0])
                     staged[name] = (tmp, dest, sha, size)
