@@ -361,15 +361,16 @@ def manifest_parse(work: Path, rows: int, repeat: int = 3) -> dict:
     if not txt_path.exists():
         write_labels_txt(txt_path, labels_pairs(rows))
     code = (
-        "import sys, time, json\n"
-        "from lsvq_assets.settings import LsvqSettings\n"
+        "import sys, time, json\nfrom pathlib import Path\n"
+        "from lsvq_assets.core.manifest import read_manifest\n"
+        "from lsvq_assets.core.partitioning import Plan, partition_rows\n"
         "out = {}\n"
         "for path in sys.argv[2:]:\n"
-        "    s = LsvqSettings(lsvq_dir=sys.argv[1], manifest_csv=path, max_rows=0)\n"
         "    times = []\n"
         f"    for _ in range({repeat}):\n"
-        "        t = time.perf_counter(); m = s.read_manifest(); sl = s.slices(m); times.append(time.perf_counter() - t)\n"
-        "    out[path] = {'times_s': times, 'rows': len(m.rows), 'slices': len(sl), 'format': m.format}\n"
+        "        t = time.perf_counter(); m = read_manifest(Path(path)); plan = Plan({'train': m}, partition_rows([m.rows]), 0)\n"
+        "        times.append(time.perf_counter() - t)\n"
+        "    out[path] = {'times_s': times, 'rows': len(m.rows), 'slices': len(plan.partitions), 'format': m.format}\n"
         "print(json.dumps(out))\n"
     )
     done = subprocess.run([PY, "-c", code, str(work), str(csv_path), str(txt_path)], capture_output=True, text=True, check=True, cwd=REPO)
