@@ -180,8 +180,26 @@ def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, op
     from lsvq_assets.resources import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
+    instance = open_instance(lsvq.layout())
+    try:
+        return _run_on(instance, lsvq, config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=chosen)
+    finally:
+        instance.dispose()  # its open SQLite connections closed (and their WAL checkpointed) before the UI opens the files
+
+
+def _run_on(
+    instance: dg.DagsterInstance,
+    lsvq: Any,
+    config: dict,
+    plan: Plan,
+    keys: list[str],
+    *,
+    log_level: str,
+    options: dict,
+    argv: list[str],
+    chosen: bool,
+) -> int:
     layout = lsvq.layout()
-    instance = open_instance(layout)
     fail_abandoned_runs(instance, layout.lsvq_dir)
     dagster_level = "DEBUG" if log_level == "DEBUG" else "CRITICAL"
     run_config = {
