@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.abc
 import json
 import logging
 import os
@@ -118,10 +119,31 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     return config
 
 
+class _NoPandas(importlib.abc.MetaPathFinder):
+    def find_spec(self, name: str, path: object = None, target: object = None) -> None:
+        if name == "pandas" or name.startswith("pandas."):
+            raise ModuleNotFoundError(f"No module named {name!r} (not used by lsvq-to-corpus-jsonl)", name=name)
+        return None
+
+
+def _without_pandas() -> None:
+    """Make pandas look absent to this process.
+
+    pyarrow imports pandas the first time it converts Python values (every parquet table here),
+    only to ask whether they are pandas objects; nothing here is one, and pandas is optional for
+    pyarrow, which then skips the question. Measured at corpus scale (``make bench-scale``): the
+    command's peak memory 311 -> 264 MB. Only the command itself does this (``main()`` without
+    ``argv``), never a process that imports the package (the UI's code server, the tests).
+    """
+    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
+        sys.meta_path.insert(0, _NoPandas())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and threading.current_thread() is threading.main_thread():
         # The command itself: SIGTERM (systemd, docker stop, timeout) stops it like Ctrl-C, exit 130.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
+        _without_pandas()
     args = build_parser().parse_args(argv)
     if _handler not in log.handlers:
         log.addHandler(_handler)

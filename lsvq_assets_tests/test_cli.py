@@ -399,3 +399,32 @@ def test_every_cli_flag_and_setting_is_documented_in_the_readme() -> None:
     flags = {opt for action in build_parser()._actions for opt in action.option_strings if opt.startswith("--")}
     variables = {s.var for s in SETTINGS}
     assert sorted(f for f in flags | variables if f not in readme) == []
+
+
+def test_the_command_runs_without_pandas_and_a_caller_of_main_keeps_it(tmp_path: Path, cli) -> None:
+    """pyarrow imports pandas (~50 MB) to ask whether values are pandas objects: the command makes
+    pandas look absent, and its parquet tables are the same; a process calling main() is untouched."""
+    code = (
+        "import sys, json\n"
+        "from lsvq_assets import cli\n"
+        "cli._without_pandas()\n"
+        "from lsvq_assets.core.tables import read_table, write_table\n"
+        "import pyarrow as pa\n"
+        "schema = pa.schema([('src', pa.string()), ('size', pa.int64())])\n"
+        f"write_table({str(tmp_path / 't.parquet')!r}, [{{'src': 'a/b.mp4', 'size': 3}}], schema)\n"
+        f"back = read_table({str(tmp_path / 't.parquet')!r})\n"
+        "try:\n"
+        "    import pandas\n"
+        "    blocked = False\n"
+        "except ModuleNotFoundError:\n"
+        "    blocked = True\n"
+        "print(json.dumps({'pandas_loaded': 'pandas' in sys.modules, 'blocked': blocked, 'src': back[0]['src']}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert json.loads(done.stdout) == {"pandas_loaded": False, "blocked": True, "src": "a/b.mp4"}
+    labels = tmp_path / "labels.txt"
+    write_labels_txt(labels, labels_pairs(4))
+    assert cli("--dry-run", "--manifest-csv", str(labels), "--lsvq-dir", str(tmp_path / "w"), "--min-csv-rows", "1").code == 0
+    from lsvq_assets.cli import _NoPandas
+
+    assert not any(isinstance(f, _NoPandas) for f in sys.meta_path)  # main(argv) in this process: untouched

@@ -2,7 +2,9 @@
 
 import hashlib
 import json
+import tempfile
 import time
+from array import array
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -46,11 +48,40 @@ SHARD_AUTOMATION = (
 ).with_label("partitions updated and settled")
 
 
-def collect(lsvq: LsvqSettings, split: str) -> dict:
+class SpilledLines:
+    """The written rows' lines, in a temporary file while the shard is assembled: memory holds
+    only where each line is (the shard's lines were ~13 MB of the CLI's peak at corpus scale)."""
+
+    def __init__(self) -> None:
+        self._fh = tempfile.TemporaryFile()  # noqa: SIM115 - closed by close(); unlinked from the start (in $TMPDIR)
+        self._offsets = array("q")
+        self._end = 0
+
+    def add(self, line: str) -> int:
+        """Keep a line; returns its number."""
+        data = line.encode("utf-8")
+        self._fh.write(data)
+        self._offsets.append(self._end)
+        self._end += len(data)
+        return len(self._offsets) - 1
+
+    def get(self, number: int) -> str:
+        start = self._offsets[number]
+        end = self._offsets[number + 1] if number + 1 < len(self._offsets) else self._end
+        self._fh.flush()
+        self._fh.seek(start)
+        return self._fh.read(end - start).decode("utf-8")
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def collect(lsvq: LsvqSettings, split: str, lines: SpilledLines) -> dict:
     """The split's capped rows, looked up in their partitions' rows tables (the partitions' outputs).
 
     A row whose partition was not materialised, or was materialised for other label values, is
-    pending: its partition must run (again).
+    pending: its partition must run (again). A written row's line goes to ``lines``; ``pairs``
+    holds its number there.
     """
     plan = lsvq.plan()
     layout = lsvq.layout()
@@ -58,9 +89,9 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
     by_key: dict[str, list[tuple[int, ManifestRow]]] = {}
     for i, row in enumerate(capped):
         by_key.setdefault(plan.key_of[row.src], []).append((i, row))
-    # One partition's table at a time, and of each written row only its line and what dedup needs:
-    # memory stays near one partition's rows plus the shard's lines.
-    pairs: list[tuple[int, str, dict]] = []
+    # One partition's table at a time, and of each written row only what dedup needs (its line
+    # goes to the spill file): memory stays near one partition's rows.
+    pairs: list[tuple[int, int, dict]] = []
     failed: list[tuple[int, dict]] = []
     broken: list[tuple[int, dict]] = []
     pending: dict[str, int] = {}
@@ -72,7 +103,7 @@ def collect(lsvq: LsvqSettings, split: str) -> dict:
             if got is None or (got["mos"], got["mos_std_dev"], got["n_ratings"]) != (row.mos, row.mos_std_dev, row.n_ratings):
                 pending[key] = pending.get(key, 0) + 1
             elif got["outcome"] == WRITTEN:
-                pairs.append((i, got["line"], {"src": row.src, "src_sha256": got["src_sha256"], "mos": got["mos"]}))
+                pairs.append((i, lines.add(got["line"]), {"src": row.src, "src_sha256": got["src_sha256"], "mos": got["mos"]}))
             elif got["outcome"] == DOWNLOAD_FAILED:
                 failed.append((i, {"src": row.src, "reason": got["reason"]}))
             elif got["outcome"] == BROKEN:
@@ -132,10 +163,19 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
     )
     def _shard(context: dg.AssetExecutionContext, lsvq: LsvqSettings) -> dg.MaterializeResult:
         started = time.monotonic()
+        spilled = SpilledLines()
+        try:
+            return _assemble(context, lsvq, split, spilled, started)
+        finally:
+            spilled.close()
+
+    def _assemble(
+        context: dg.AssetExecutionContext, lsvq: LsvqSettings, split: str, spilled: SpilledLines, started: float
+    ) -> dg.MaterializeResult:
         out_path, replay_path = lsvq.shard_paths(split)
-        got = collect(lsvq, split)
+        got = collect(lsvq, split, spilled)
         plan, capped, pending = got["plan"], got["capped"], got["pending"]
-        out = assemble(got["pairs"])
+        out = assemble(got["pairs"])  # out.lines: the kept lines' numbers in the spill file
         stats = {
             "written": len(out.lines),
             "skipped_download": len(got["failed"]),
@@ -164,7 +204,7 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
         keys = plan.split_partitions(split)
         with storage.publish(out_path, lsvq.layout().lsvq_dir / "scratch") as staged:
             with open(staged, "w", encoding="utf-8") as fh:
-                fh.writelines(line + "\n" for line in out.lines)
+                fh.writelines(spilled.get(number) + "\n" for number in out.lines)
             # The blocking check reads the staged file: what would be published, byte for byte.
             checked = 0
 
@@ -218,7 +258,9 @@ def shard_asset(split: str) -> dg.AssetsDefinition:
                 "sha256": digest,
                 "partitions": len(keys),
                 "mos_range": dg.MetadataValue.json(mos_range),
-                "preview": dg.MetadataValue.md("```\n" + "\n".join(out.lines[:5]) + "\n```" if out.lines else "_no rows_"),
+                "preview": dg.MetadataValue.md(
+                    "```\n" + "\n".join(map(spilled.get, out.lines[:5])) + "\n```" if out.lines else "_no rows_"
+                ),
                 "replay_manifest": dg.MetadataValue.json(replay),
                 "timings": dg.MetadataValue.json({"compute_s": round(time.monotonic() - started, 3)}),
             },

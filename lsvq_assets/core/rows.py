@@ -6,6 +6,7 @@ import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar, overload
 
 CORPUS = "lsvq"
 # key -> the JSON types a value may have
@@ -79,22 +80,30 @@ def line_problems(line: str) -> list[str]:
     return problems
 
 
+L = TypeVar("L")  # a line, or where the caller keeps it (the shard: its number in a spill file)
+
+
 @dataclass
-class Assembled:
-    lines: list[str]
+class Assembled(Generic[L]):
+    lines: list[L]
     dedups: int
     duplicates: list[tuple[str, str]]  # (src dropped, src kept)
     srcs: list[str] = field(default_factory=list)  # the src of each kept line
 
 
-def assemble(rows: Iterable[tuple[int, str] | tuple[int, str, Mapping]]) -> Assembled:
+@overload
+def assemble(rows: Iterable[tuple[int, str]]) -> Assembled[str]: ...
+@overload
+def assemble(rows: Iterable[tuple[int, L, Mapping]]) -> Assembled[L]: ...
+def assemble(rows: Iterable[tuple[int, Any] | tuple[int, Any, Mapping]]) -> Assembled[Any]:
     """Order (manifest index, line) pairs by index and drop later lines whose sha256 was seen.
 
     A pair may carry its line already parsed as a third item, ``(index, line, row)``: the line is
-    then not parsed again (the shard's 39k lines are read once).
+    then not parsed again (the shard's 39k lines are read once), and need not be the line itself
+    (the shard passes where it keeps it).
     """
     kept: dict[str, str] = {}
-    out = Assembled([], 0, [])
+    out: Assembled[Any] = Assembled([], 0, [])
     for item in sorted(rows, key=lambda pair: pair[0]):
         line = item[1]
         row = item[2] if len(item) > 2 else json.loads(line)
