@@ -107,7 +107,7 @@ class FetchState:
         self.path = path
         self._lock = threading.Lock()
         self._clips: dict[str, ClipRecord] = {}
-        self._encoded: dict[str, str] = {}  # src -> its record as JSON: a save re-encodes only what changed
+        self._encoded: dict[str, str] = {}  # src -> '"src":{record}' as JSON: a save re-encodes only what changed
         self._probes: dict[str, dict] = {}
         self._seeds: set[str] = set()
         try:
@@ -144,9 +144,9 @@ class FetchState:
         save made the state the largest cost of a partition of 1,000 clips).
         """
         for src, rec in self._clips.items():
-            if src not in self._encoded:
-                self._encoded[src] = _dumps(rec.__dict__)  # flat: what asdict gives, without its deep copy
-        clips = ",".join(f"{_dumps(src)}:{self._encoded[src]}" for src in sorted(self._clips))
+            if src not in self._encoded:  # flat: what asdict gives, without its deep copy
+                self._encoded[src] = f"{_dumps(src)}:{_dumps(rec.__dict__)}"
+        clips = ",".join(self._encoded[src] for src in sorted(self._clips))
         rest = _dumps({"probes": dict(sorted(self._probes.items())), "seed_imports": sorted(self._seeds)})
         doc = f'{{"version":{STATE_VERSION},"clips":{{{clips}}},{rest[1:]}'
         storage.write_bytes(self.path, doc.encode())

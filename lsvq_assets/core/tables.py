@@ -5,7 +5,6 @@ A table lives at a storage location (``core/storage.py``): a local path or an ob
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -79,7 +78,7 @@ def read_meta(path: Location) -> dict[str, str]:
 
 
 def write_manifest_rows(path: Location, rows: Sequence[ManifestRow], meta: dict[str, str] | None = None) -> None:
-    write_table(path, [dataclasses.asdict(r) for r in rows], MANIFEST_SCHEMA, meta)
+    write_table(path, [vars(r) for r in rows], MANIFEST_SCHEMA, meta)  # flat rows: asdict's deep copy is not needed
 
 
 def read_manifest_rows(path: Location) -> list[ManifestRow]:
