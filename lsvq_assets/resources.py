@@ -138,7 +138,7 @@ def _plan_cached(ident: tuple, manifests: Mapping[str, Manifest], flat_chunk_row
     if base is None:
         _PLANS.clear()  # one plan at a time: the label files' current versions
         base = _PLANS[key] = Plan(dict(manifests), partition_rows([m.rows for m in manifests.values()], flat_chunk_rows), 0)
-    return Plan(base.splits, base.partitions, max_rows, base.key_of)
+    return Plan(base.splits, base.partitions, max_rows, base.key_of, base._fingerprints)
 
 
 class ClipSourceResource(dg.ConfigurableResource):

@@ -72,9 +72,11 @@ class Plan:
     partitions: dict[str, list[ManifestRow]]
     max_rows: int
     key_of: dict[str, str] = field(default_factory=dict)  # src -> partition key
+    _fingerprints: dict[tuple[str, str | None], str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        self.key_of = {r.src: key for key, rows in self.partitions.items() for r in rows}
+        if not self.key_of:  # given by a plan of the same partitions under another cap
+            self.key_of = {r.src: key for key, rows in self.partitions.items() for r in rows}
 
     def capped(self, split: str) -> list[ManifestRow]:
         """The split's first ``max_rows`` rows in file order (all when ``max_rows`` <= 0)."""
@@ -93,7 +95,12 @@ class Plan:
     def fingerprint(self, key: str, split: str | None = None) -> str:
         """The data version of a partition's rows (of one split, or of every split)."""
         rows = self.partitions.get(key, [])
-        return row_fingerprint(r for r in rows if split is None or r.split == split)
+        if split is not None and all(r.split == split for r in rows):
+            split = None  # the same rows: computed once (a refresh asks for both of every partition)
+        cached = self._fingerprints.get((key, split))
+        if cached is None:
+            cached = self._fingerprints[(key, split)] = row_fingerprint(r for r in rows if split is None or r.split == split)
+        return cached
 
     def dropped(self) -> dict[str, int]:
         """Dropped rows by reason, over every split."""
