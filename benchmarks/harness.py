@@ -383,12 +383,13 @@ def manifest_parse(work: Path, rows: int, repeat: int = 3) -> dict:
 
 def archive_available() -> tuple[bool, str]:
     try:
-        from lsvq_assets.cli import build_parser as cli_parser
+        from lsvq_assets.settings import SETTINGS
         from lsvq_assets.sources.archive import ArchiveClipSource  # noqa: F401
     except ImportError as exc:
         return False, f"sources/archive.py not importable ({exc})"
-    source = next((a for a in cli_parser()._actions if "--source" in a.option_strings), None)
-    if source is None or "archive" not in (source.choices or ()):
+    # The settings table says which values a flag takes (argparse has no choices for it).
+    source = next((s for s in SETTINGS if s.flag == "--source"), None)
+    if source is None or "archive" not in str(source.rule).split("|"):
         return False, "the CLI has no --source archive"
     return True, ""
 
