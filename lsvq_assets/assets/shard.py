@@ -68,8 +68,7 @@ class SpilledLines:
     def get(self, number: int) -> str:
         start = self._offsets[number]
         end = self._offsets[number + 1] if number + 1 < len(self._offsets) else self._end
-        self._fh.flush()
-        self._fh.seek(start)
+        self._fh.seek(start)  # a buffered file flushes what was written before it seeks
         return self._fh.read(end - start).decode("utf-8")
 
     def close(self) -> None:
