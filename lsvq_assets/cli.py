@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes
 import gc
 import importlib.abc
 import json
@@ -58,6 +60,19 @@ exit codes:
 """
 
 
+DEFAULT_PARTITION_RUNS = max(1, min(2, os.cpu_count() or 1))
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: not a whole number >= 1")
+    return value
+
+
 def dest(s: Setting) -> str:
     return (s.flag or s.var).lstrip("-").replace("-", "_").lower()
 
@@ -96,6 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     a("--verify", action="store_true", help="re-hash clips already on disk; a clip whose bytes changed is removed and fetched again")
     a("--dry-run", action="store_true", help="parse, validate and partition; download nothing; print JSON")
     a("--wait", action="store_true", help="when another run holds the working directory, wait for it instead of exiting with code 3")
+    a(
+        "--partition-runs",
+        type=_positive,
+        default=DEFAULT_PARTITION_RUNS,
+        metavar="N",
+        help=f"partitions run at once: this process runs one, forked worker processes the others (default: {DEFAULT_PARTITION_RUNS}, "
+        "the cores up to 2); 1 runs them one after another in this process",
+    )
     a("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return p
 
@@ -119,31 +142,46 @@ def resolve_config(args: argparse.Namespace, environ: Mapping[str, str] | None =
     return config
 
 
-class _NoPandas(importlib.abc.MetaPathFinder):
+HIDDEN = ("pandas", "numpy")  # optional for pyarrow, and used by nothing here
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+
+
+class _Hidden(importlib.abc.MetaPathFinder):
     def find_spec(self, name: str, path: object = None, target: object = None) -> None:
-        if name == "pandas" or name.startswith("pandas."):
+        if name.split(".")[0] in HIDDEN:
             raise ModuleNotFoundError(f"No module named {name!r} (not used by lsvq-to-corpus-jsonl)", name=name)
         return None
 
 
-def _without_pandas() -> None:
-    """Make pandas look absent to this process.
+def _lean_process() -> None:
+    """Keep the command's memory to what it uses; each partition run in a worker process pays it again.
 
-    pyarrow imports pandas the first time it converts Python values (every parquet table here),
-    only to ask whether they are pandas objects; nothing here is one, and pandas is optional for
-    pyarrow, which then skips the question. Measured at corpus scale (``make bench-scale``): the
-    command's peak memory 311 -> 264 MB. Only the command itself does this (``main()`` without
-    ``argv``), never a process that imports the package (the UI's code server, the tests).
+    - pandas and numpy look absent. pyarrow imports numpy when it is installed, and pandas the
+      first time it converts Python values, only to ask whether they are pandas objects; both are
+      optional for pyarrow and nothing here uses them (pandas ~50 MB, numpy ~10 MB).
+    - Arrow allocates through the C library's ``malloc`` instead of its own mimalloc heap, which
+      keeps what it once held (17-30 MB a process here). Set before Arrow's first allocation (its
+      C++ readers read the variable then); an operator's own ``ARROW_DEFAULT_MEMORY_POOL`` wins.
+    - glibc keeps at most 2 arenas instead of one per thread that allocates (the download, probe
+      and Dagster threads); those threads stream and hash, they allocate little.
+
+    Measured with ``make bench-scale`` (the tree's peak, 3,300 rows, two partition runs at once):
+    pandas hidden 311 -> 264 MB at corpus scale (one run at a time); the allocator 321-323 -> 287-290 MB;
+    the arenas -> 279-282 MB with numpy hidden. Only the command itself does this (``main()``
+    without ``argv``), never a process that imports the package (the UI's code server, the tests).
     """
-    if "pandas" not in sys.modules and not any(isinstance(f, _NoPandas) for f in sys.meta_path):
-        sys.meta_path.insert(0, _NoPandas())
+    if not any(name in sys.modules for name in HIDDEN) and not any(isinstance(f, _Hidden) for f in sys.meta_path):
+        sys.meta_path.insert(0, _Hidden())
+    os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, 2)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     if argv is None and threading.current_thread() is threading.main_thread():
         # The command itself: SIGTERM (systemd, docker stop, timeout) stops it like Ctrl-C, exit 130.
         signal.signal(signal.SIGTERM, signal.default_int_handler)
-        _without_pandas()
+        _lean_process()
     args = build_parser().parse_args(argv)
     if _handler not in log.handlers:
         log.addHandler(_handler)
@@ -188,7 +226,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/).
         gc.freeze()
         return run_cli(
-            config, plan, keys, log_level=args.log_level, options=options, argv=argv_used, wait=args.wait, chosen=bool(args.partition)
+            config,
+            plan,
+            keys,
+            log_level=args.log_level,
+            options=options,
+            argv=argv_used,
+            wait=args.wait,
+            chosen=bool(args.partition),
+            workers=args.partition_runs,
         )
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

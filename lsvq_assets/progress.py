@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 
 def _human(nbytes: float) -> str:
@@ -113,6 +113,12 @@ class Board:
         with self.lock:
             self.slots[slot] = False
 
+    def write(self, line: str, stream: Any) -> bool:
+        if self.bar is None:
+            return False
+        self._tqdm.write(line, file=stream)
+        return True
+
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
@@ -137,10 +143,18 @@ class BoardPartition:
         self.board._release(self.slot)
 
 
-_board: Board | None = None
+class Sink(Protocol):
+    """Where a process's partitions report: the CLI's ``Board``, or a worker's relay to it (``parallel``)."""
+
+    def partition(self, key: str, total: int) -> Any: ...
+
+    def write(self, line: str, stream: Any) -> bool: ...
 
 
-def install(board: Board | None) -> None:
+_board: Sink | None = None
+
+
+def install(board: Sink | None) -> None:
     """The CLI's board for the partitions it runs in this process (None: back to run logs)."""
     global _board
     _board = board
@@ -149,10 +163,7 @@ def install(board: Board | None) -> None:
 def write_line(line: str, stream: Any) -> bool:
     """Print a log line above the bars when a board draws on a terminal; False when there is none."""
     board = _board
-    if board is None or board.bar is None:
-        return False
-    board._tqdm.write(line, file=stream)
-    return True
+    return board is not None and board.write(line, stream)
 
 
 def partition_progress(key: str, total: int, log: Callable[[str], Any]) -> LogProgress | BoardPartition:

@@ -7,19 +7,21 @@ import logging
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import dagster as dg
 
-from lsvq_assets import progress
+from lsvq_assets import parallel, progress
 from lsvq_assets.automation import PARTITION_JOB
 from lsvq_assets.checks import LEAKAGE_CHECK
 from lsvq_assets.core import storage
 from lsvq_assets.core.locks import EXIT_LOCKED, cli_lock, describe  # noqa: F401  (EXIT_LOCKED: 3)
 from lsvq_assets.core.partitioning import Plan
+from lsvq_assets.parallel import Outcome
 from lsvq_assets.partitions import register_partitions
-from lsvq_assets.runs import SignalWatch, fail_abandoned_runs, failure_message, interrupted, open_instance, ui_command
+from lsvq_assets.runs import SignalWatch, close_connections, fail_abandoned_runs, failure_message, interrupted, open_instance, ui_command
 
 log = logging.getLogger("lsvq_assets")
 
@@ -48,8 +50,9 @@ def run_partitions(
     tags: dict | None = None,
     force: bool = False,
     chosen: bool = False,
+    workers: int = 1,
 ) -> CliReport:
-    """Materialise each partition that is not current (one run each), then every split's shard."""
+    """Materialise each partition that is not current (one run each, ``workers`` at once), then every split's shard."""
     from lsvq_assets.automation import SHARDS_JOB, observe, read_state
     from lsvq_assets.definitions import build_defs
     from lsvq_assets.resources import LsvqSettings
@@ -83,28 +86,46 @@ def run_partitions(
             )
     observe(instance, state, todo)
     job = defs.resolve_job_def(PARTITION_JOB)
+
+    def run_one(key: str, on: dg.DagsterInstance) -> Outcome:
+        # "lsvq/pid": the process that runs it, a worker's own (a run whose process died is marked failed)
+        own_tags = {**tags, "lsvq/pid": str(os.getpid())} if tags and "lsvq/pid" in tags else tags
+        result = job.execute_in_process(partition_key=key, instance=on, run_config=run_config, tags=own_tags, raise_on_error=False)
+        if result.success:
+            return Outcome(key, True, result.run_id)
+        return Outcome(key, False, result.run_id, failure_message(result), interrupted(result))
+
+    def open_runner() -> Callable[[str], Outcome]:  # in a forked worker process
+        own = instance if forkable else dg.DagsterInstance.from_ref(instance.get_ref())
+        return lambda key: run_one(key, own)
+
+    forkable = False
     board = progress.Board(sum(len({r.src for r in plan.partitions[k]}) for k in todo), log=log.info)
     progress.install(board)
     done = 0
 
-    def finished(key: str, result: dg.ExecuteInProcessResult) -> None:
-        nonlocal done
-        done += 1
-        if result.success:
-            log.info("partition %d/%d %s: done (run %s)", done, len(todo), key, result.run_id)
-        else:
-            report.failed[key] = failure_message(result)
-            log.warning("partition %d/%d %s: FAILED (run %s): %s", done, len(todo), key, result.run_id, report.failed[key])
-
     with SignalWatch() as signalled:
+
+        def finished(outcome: Outcome) -> None:
+            nonlocal done
+            if outcome.interrupted or signalled():
+                raise KeyboardInterrupt(f"partition {outcome.key}")  # stop here, as the operator asked (exit 130)
+            done += 1
+            if outcome.success:
+                log.info("partition %d/%d %s: done (run %s)", done, len(todo), outcome.key, outcome.run_id)
+            else:
+                report.failed[outcome.key] = outcome.message
+                log.warning("partition %d/%d %s: FAILED (run %s): %s", done, len(todo), outcome.key, outcome.run_id, outcome.message)
+                if not outcome.run_id:  # its worker died: the run it left "in progress" is marked failed now
+                    fail_abandoned_runs(instance, lsvq.layout().lsvq_dir)
+
         try:
-            for key in todo:
-                result = job.execute_in_process(
-                    partition_key=key, instance=instance, run_config=run_config, tags=tags, raise_on_error=False
-                )
-                if (not result.success and interrupted(result)) or signalled():
-                    raise KeyboardInterrupt(f"partition {key}")  # stop here, as the operator asked (exit 130)
-                finished(key, result)
+            if workers > 1 and len(todo) > 1 and instance.is_persistent and parallel.can_fork():
+                forkable = close_connections(instance)  # no open connection may cross the fork
+                parallel.run_parallel(todo, workers, lambda key: run_one(key, instance), open_runner, board, finished)
+            else:
+                for key in todo:
+                    finished(run_one(key, instance))
         finally:
             progress.install(None)
             board.close()
@@ -153,7 +174,16 @@ def _current_shard(instance: dg.DagsterInstance, lsvq: Any, split: str) -> dict 
 
 
 def run_cli(
-    config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], wait: bool = False, chosen: bool = False
+    config: dict,
+    plan: Plan,
+    keys: list[str],
+    *,
+    log_level: str,
+    options: dict,
+    argv: list[str],
+    wait: bool = False,
+    chosen: bool = False,
+    workers: int = 1,
 ) -> int:
     """The CLI's full run, holding the working directory's CLI lock; returns its exit code.
 
@@ -171,18 +201,20 @@ def run_cli(
         log.warning("another run is using %s (%s): waiting for it to finish", lsvq_dir, describe(holder))
 
     if chosen:
-        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=True)
+        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=True, workers=workers)
     with cli_lock(lsvq_dir, argv, wait=wait, on_wait=waiting):
-        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv)
+        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, workers=workers)
 
 
-def _run_locked(config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], chosen: bool = False) -> int:
+def _run_locked(
+    config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], chosen: bool = False, workers: int = 1
+) -> int:
     from lsvq_assets.resources import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
     instance = open_instance(lsvq.layout())
     try:
-        return _run_on(instance, lsvq, config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=chosen)
+        return _run_on(instance, lsvq, config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=chosen, workers=workers)
     finally:
         instance.dispose()  # its open SQLite connections closed (and their WAL checkpointed) before the UI opens the files
 
@@ -198,6 +230,7 @@ def _run_on(
     options: dict,
     argv: list[str],
     chosen: bool,
+    workers: int,
 ) -> int:
     layout = lsvq.layout()
     fail_abandoned_runs(instance, layout.lsvq_dir)
@@ -230,6 +263,7 @@ def _run_on(
             tags=tags,
             force=bool(options.get("retry_failed") or options.get("verify")),
             chosen=chosen,
+            workers=workers,
         )
     except ShardFailed as exc:
         print(f"error: {exc}; the partitions are recorded: run the same command again.", file=sys.stderr)

@@ -39,7 +39,24 @@ def open_instance(layout: Layout) -> dg.DagsterInstance:
     config, custom_class = dagster_instance_config(home)
     if custom_class is not None or any(config.get(k) for k in STORAGE_KEYS):
         return dg.DagsterInstance.from_config(home)
-    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=instance_overrides(home)))
+    overrides = instance_overrides(home, capture_logs=bool(config.get("compute_logs")))
+    return dg.DagsterInstance.from_ref(InstanceRef.from_dir(home, overrides=overrides))
+
+
+def close_connections(instance: dg.DagsterInstance) -> bool:
+    """Close the connections the CLI's pooled SQLite storages keep open (they reopen when next used).
+
+    True when the instance then holds no open connection, so a process forked now may use it
+    (the CLI's own SQLite instance); False for another storage (PostgreSQL...), whose pool a forked
+    process must not share: it opens the instance again from its ref.
+    """
+    pooled = True
+    for storage in (instance.run_storage, instance.event_log_storage):
+        close = getattr(storage, "close_connections", None)
+        if close is not None:
+            close()
+        pooled = pooled and close is not None
+    return pooled
 
 
 def ui_command(instance: dg.DagsterInstance, config: dict) -> str:

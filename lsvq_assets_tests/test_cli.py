@@ -401,30 +401,34 @@ def test_every_cli_flag_and_setting_is_documented_in_the_readme() -> None:
     assert sorted(f for f in flags | variables if f not in readme) == []
 
 
-def test_the_command_runs_without_pandas_and_a_caller_of_main_keeps_it(tmp_path: Path, cli) -> None:
-    """pyarrow imports pandas (~50 MB) to ask whether values are pandas objects: the command makes
-    pandas look absent, and its parquet tables are the same; a process calling main() is untouched."""
+def test_the_command_runs_without_pandas_or_numpy_and_a_caller_of_main_keeps_them(tmp_path: Path, cli) -> None:
+    """pyarrow imports numpy, and pandas (~50 MB) to ask whether values are pandas objects: the
+    command makes both look absent and Arrow allocate through malloc, and its parquet tables are the
+    same; a process calling main() is untouched."""
     code = (
-        "import sys, json\n"
+        "import sys, json, os\n"
         "from lsvq_assets import cli\n"
-        "cli._without_pandas()\n"
+        "cli._lean_process()\n"
         "from lsvq_assets.core.tables import read_table, write_table\n"
         "import pyarrow as pa\n"
         "schema = pa.schema([('src', pa.string()), ('size', pa.int64())])\n"
         f"write_table({str(tmp_path / 't.parquet')!r}, [{{'src': 'a/b.mp4', 'size': 3}}], schema)\n"
         f"back = read_table({str(tmp_path / 't.parquet')!r})\n"
-        "try:\n"
-        "    import pandas\n"
-        "    blocked = False\n"
-        "except ModuleNotFoundError:\n"
-        "    blocked = True\n"
-        "print(json.dumps({'pandas_loaded': 'pandas' in sys.modules, 'blocked': blocked, 'src': back[0]['src']}))\n"
+        "blocked = []\n"
+        "for name in ('pandas', 'numpy'):\n"
+        "    try:\n"
+        "        __import__(name)\n"
+        "    except ModuleNotFoundError:\n"
+        "        blocked.append(name)\n"
+        "print(json.dumps({'loaded': [m for m in ('pandas', 'numpy') if m in sys.modules], 'blocked': blocked, 'src': back[0]['src'],\n"
+        "                  'pool': pa.default_memory_pool().backend_name}))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert json.loads(done.stdout) == {"pandas_loaded": False, "blocked": True, "src": "a/b.mp4"}
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert json.loads(done.stdout) == {"loaded": [], "blocked": ["pandas", "numpy"], "src": "a/b.mp4", "pool": "system"}
     labels = tmp_path / "labels.txt"
     write_labels_txt(labels, labels_pairs(4))
     assert cli("--dry-run", "--manifest-csv", str(labels), "--lsvq-dir", str(tmp_path / "w"), "--min-csv-rows", "1").code == 0
-    from lsvq_assets.cli import _NoPandas
+    from lsvq_assets.cli import _Hidden
 
-    assert not any(isinstance(f, _NoPandas) for f in sys.meta_path)  # main(argv) in this process: untouched
+    assert not any(isinstance(f, _Hidden) for f in sys.meta_path)  # main(argv) in this process: untouched
