@@ -63,6 +63,11 @@ def _fs(protocol: str) -> Any:
         raise UserError(f"{protocol}:// storage needs its fsspec driver ({exc}): pip install 'lsvq_assets[s3]'.") from None
 
 
+# A process forked by the CLI (a partition worker) makes its own: fsspec's async filesystems refuse to
+# be used across a fork (their event loop thread stays in the parent), and fsspec resets itself then.
+os.register_at_fork(after_in_child=_fs.cache_clear)
+
+
 def filesystem(loc: str) -> tuple[Any, str]:
     """(fsspec filesystem, path without scheme) of a URL."""
     protocol, _, path = loc.partition("://")
