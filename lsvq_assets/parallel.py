@@ -99,11 +99,12 @@ def _worker(conn: Connection, parent: int, open_runner: Callable[[], Callable[[s
     signal.set_wakeup_fd(-1)  # the CLI's own, inherited
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        progress.install(_Relay(conn))
+        relay = _Relay(conn)
+        progress.install(relay)
         run = open_runner()
         while (key := conn.recv()) is not None:
             outcome = run(key)
-            conn.send(("done", outcome))
+            relay.send(("done", outcome))
             if outcome.interrupted:
                 break
     except (KeyboardInterrupt, EOFError, BrokenPipeError):
