@@ -214,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             print(json.dumps(summary))
             return 0
-        from lsvq_assets.runner import run_cli
+        from lsvq_assets.runner import Invocation, run_cli
 
         # Setup problems (no ffprobe, no --local-clips directory, a bad template, an unreadable
         # token file) are user errors: find them before any run.
@@ -225,17 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Everything imported now lives for the whole run: keep the collector from walking it again
         # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/).
         gc.freeze()
-        return run_cli(
-            config,
-            plan,
-            keys,
-            log_level=args.log_level,
-            options=options,
-            argv=argv_used,
-            wait=args.wait,
-            chosen=bool(args.partition),
-            workers=args.partition_runs,
-        )
+        how = Invocation(args.log_level, options, argv_used, chosen=bool(args.partition), workers=args.partition_runs)
+        return run_cli(config, plan, keys, how, wait=args.wait)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code

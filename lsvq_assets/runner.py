@@ -49,7 +49,6 @@ def run_partitions(
     run_config: dict | None = None,
     tags: dict | None = None,
     force: bool = False,
-    chosen: bool = False,
     workers: int = 1,
 ) -> CliReport:
     """Materialise each partition that is not current (one run each, ``workers`` at once), then every split's shard."""
@@ -173,18 +172,18 @@ def _current_shard(instance: dg.DagsterInstance, lsvq: Any, split: str) -> dict 
     return meta
 
 
-def run_cli(
-    config: dict,
-    plan: Plan,
-    keys: list[str],
-    *,
-    log_level: str,
-    options: dict,
-    argv: list[str],
-    wait: bool = False,
-    chosen: bool = False,
-    workers: int = 1,
-) -> int:
+@dataclass(frozen=True)
+class Invocation:
+    """How the operator ran the command, as far as the runs need it."""
+
+    log_level: str
+    options: dict  # lsvq_clips's run config: retry_failed, verify
+    argv: list[str]
+    chosen: bool = False  # --partition keys given
+    workers: int = 1  # --partition-runs
+
+
+def run_cli(config: dict, plan: Plan, keys: list[str], how: Invocation, *, wait: bool = False) -> int:
     """The CLI's full run, holding the working directory's CLI lock; returns its exit code.
 
     Another CLI run on the same working directory: ``LockHeld`` (exit 3), or with ``wait`` a wait for it.
@@ -200,47 +199,33 @@ def run_cli(
     def waiting(holder: dict) -> None:
         log.warning("another run is using %s (%s): waiting for it to finish", lsvq_dir, describe(holder))
 
-    if chosen:
-        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=True, workers=workers)
-    with cli_lock(lsvq_dir, argv, wait=wait, on_wait=waiting):
-        return _run_locked(config, plan, keys, log_level=log_level, options=options, argv=argv, workers=workers)
+    if how.chosen:
+        return _run_locked(config, plan, keys, how)
+    with cli_lock(lsvq_dir, how.argv, wait=wait, on_wait=waiting):
+        return _run_locked(config, plan, keys, how)
 
 
-def _run_locked(
-    config: dict, plan: Plan, keys: list[str], *, log_level: str, options: dict, argv: list[str], chosen: bool = False, workers: int = 1
-) -> int:
+def _run_locked(config: dict, plan: Plan, keys: list[str], how: Invocation) -> int:
     from lsvq_assets.resources import LsvqSettings
 
     lsvq = LsvqSettings(**config.get("lsvq", {}))
     instance = open_instance(lsvq.layout())
     try:
-        return _run_on(instance, lsvq, config, plan, keys, log_level=log_level, options=options, argv=argv, chosen=chosen, workers=workers)
+        return _run_on(instance, lsvq, config, plan, keys, how)
     finally:
         instance.dispose()  # its open SQLite connections closed (and their WAL checkpointed) before the UI opens the files
 
 
-def _run_on(
-    instance: dg.DagsterInstance,
-    lsvq: Any,
-    config: dict,
-    plan: Plan,
-    keys: list[str],
-    *,
-    log_level: str,
-    options: dict,
-    argv: list[str],
-    chosen: bool,
-    workers: int,
-) -> int:
+def _run_on(instance: dg.DagsterInstance, lsvq: Any, config: dict, plan: Plan, keys: list[str], how: Invocation) -> int:
     layout = lsvq.layout()
     fail_abandoned_runs(instance, layout.lsvq_dir)
-    dagster_level = "DEBUG" if log_level == "DEBUG" else "CRITICAL"
+    dagster_level = "DEBUG" if how.log_level == "DEBUG" else "CRITICAL"
     run_config = {
-        "ops": {"lsvq_clips": {"config": options}},
+        "ops": {"lsvq_clips": {"config": how.options}},
         "loggers": {"console": {"config": {"log_level": dagster_level}}},
     }
     tags = {
-        "lsvq/argv": json.dumps(argv),
+        "lsvq/argv": json.dumps(how.argv),
         "lsvq/entry_point": "cli",
         "lsvq/lsvq_dir": str(layout.lsvq_dir),
         "lsvq/pid": str(os.getpid()),
@@ -261,9 +246,8 @@ def _run_on(
             instance,
             run_config=run_config,
             tags=tags,
-            force=bool(options.get("retry_failed") or options.get("verify")),
-            chosen=chosen,
-            workers=workers,
+            force=bool(how.options.get("retry_failed") or how.options.get("verify")),
+            workers=how.workers,
         )
     except ShardFailed as exc:
         print(f"error: {exc}; the partitions are recorded: run the same command again.", file=sys.stderr)
