@@ -1,11 +1,12 @@
-"""The CLI's partition runs, several at once: one forked worker process per run slot (DESIGN §2).
+"""The CLI's partition runs, several at once: the CLI runs one, forked worker processes the others (DESIGN §2).
 
 A partition run is one process's work on one core for most of its time (Python's ``tarfile``,
 Dagster's events, the fetch state); the probes and downloads it starts already run in threads. So
-the CLI runs up to ``--partition-runs`` partitions at once, each in a worker process forked from
-the CLI once its imports are done (no second start-up, and the imported modules' memory is shared
-with the CLI until written). Each worker opens its own Dagster instance; the CLI's own connections
-are closed before the fork (an SQLite connection must not cross a ``fork()``).
+the CLI runs up to ``--partition-runs`` partitions at once: its own process takes keys from a
+queue, and so does each worker forked from it once its imports are done (no second start-up; the
+memory they share stays shared until one of them writes to it, ``gc.freeze()`` before the fork
+keeps the collector from doing so). A worker uses the CLI's instance when its connections could be
+closed before the fork (an SQLite connection must not cross a ``fork()``), else opens it again.
 
 What the operator sees is unchanged: one progress board (the workers send their clip counts and
 log lines to the CLI, which draws them), one line per finished partition, Ctrl-C or SIGTERM stops
