@@ -35,7 +35,8 @@ from lsvq_assets import progress
 
 log = logging.getLogger("lsvq_assets")
 
-PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15  # <linux/prctl.h>
+WORKER_NAME = "lsvq-partition"  # a worker's process name (at most 15 bytes)
 STOP_WAIT_S = 120.0  # how long the workers' interrupted runs may take to end
 
 
@@ -87,9 +88,11 @@ class _Relay:
 
 
 def _die_with(parent: int) -> None:
-    """This process is killed when the CLI that forked it dies, even by ``kill -9``."""
+    """This process is killed when the CLI that forked it dies, even by ``kill -9``; ``ps``/``top`` call it ``WORKER_NAME``."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+        libc.prctl(PR_SET_NAME, WORKER_NAME.encode())
     if os.getppid() != parent:  # it died before the line above
         os._exit(1)
 

@@ -523,4 +523,6 @@ def test_parse_speed_39k_rows(tmp_path: Path) -> None:
     elapsed = time.process_time() - start
     assert len(m.rows) == 39_000 and m.dropped == []
     assert all(math.isfinite(r.mos) for r in m.rows)
-    assert elapsed < 2.0, f"39,000-row PatchVQ CSV took {elapsed:.2f} s of CPU to parse"
+    # A guard against a pathological parser (quadratic, per-row regex compiles), not a speed figure:
+    # `make bench` measures that (0.7-1.6 s on 2 cores); 2.0 s failed once at 2.03 s on a loaded machine.
+    assert elapsed < 4.0, f"39,000-row PatchVQ CSV took {elapsed:.2f} s of CPU to parse"

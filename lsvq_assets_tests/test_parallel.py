@@ -15,6 +15,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from lsvq_assets.parallel import WORKER_NAME
 from lsvq_assets_tests.corpus import Corpus
 from lsvq_assets_tests.harness import (
     assert_exact_shard,
@@ -29,16 +30,15 @@ from lsvq_assets_tests.harness import (
 
 
 def _workers(pid: int) -> list[int]:
-    """The CLI's forked workers: its children running the same command line."""
+    """The CLI's forked workers: its children named ``lsvq-partition``."""
     try:
         children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-        own = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return []
     found = []
     for child in children:
         try:
-            if Path(f"/proc/{child}/cmdline").read_bytes() == own:
+            if Path(f"/proc/{child}/comm").read_text().strip() == WORKER_NAME:
                 found.append(child)
         except OSError:
             pass
