@@ -60,7 +60,7 @@ exit codes:
 """
 
 
-DEFAULT_PARTITION_RUNS = max(1, min(2, os.cpu_count() or 1))
+DEFAULT_PARTITION_RUNS = min(2, os.cpu_count() or 1)
 
 
 def _positive(text: str) -> int:

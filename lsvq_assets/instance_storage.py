@@ -98,7 +98,7 @@ class PooledSqliteRunStorage(SqliteRunStorage):
         self._pooled.dispose()
 
     def dispose(self) -> None:
-        self._pooled.dispose()
+        self.close_connections()
         super().dispose()
 
 

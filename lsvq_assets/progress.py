@@ -143,10 +143,18 @@ class BoardPartition:
         self.board._release(self.slot)
 
 
+class PartitionProgress(Protocol):
+    """One partition's clip count, wherever it goes."""
+
+    def update(self, n: int = 1, nbytes: int = 0) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class Sink(Protocol):
     """Where a process's partitions report: the CLI's ``Board``, or a worker's relay to it (``parallel``)."""
 
-    def partition(self, key: str, total: int) -> Any: ...
+    def partition(self, key: str, total: int) -> PartitionProgress: ...
 
     def write(self, line: str, stream: Any) -> bool: ...
 
@@ -166,7 +174,7 @@ def write_line(line: str, stream: Any) -> bool:
     return board is not None and board.write(line, stream)
 
 
-def partition_progress(key: str, total: int, log: Callable[[str], Any]) -> LogProgress | BoardPartition:
+def partition_progress(key: str, total: int, log: Callable[[str], Any]) -> PartitionProgress:
     """Where one partition's clip count goes: the CLI's board in its process, else the run's log."""
     board = _board
     return board.partition(key, total) if board is not None else LogProgress(key, total, log)

@@ -94,11 +94,6 @@ def run_partitions(
             return Outcome(key, True, result.run_id)
         return Outcome(key, False, result.run_id, failure_message(result), interrupted(result))
 
-    def open_runner() -> Callable[[str], Outcome]:  # in a forked worker process
-        own = instance if forkable else dg.DagsterInstance.from_ref(instance.get_ref())
-        return lambda key: run_one(key, own)
-
-    forkable = False
     board = progress.Board(sum(len({r.src for r in plan.partitions[k]}) for k in todo), log=log.info)
     progress.install(board)
     done = 0
@@ -120,7 +115,12 @@ def run_partitions(
 
         try:
             if workers > 1 and len(todo) > 1 and instance.is_persistent and parallel.can_fork():
-                forkable = close_connections(instance)  # no open connection may cross the fork
+                shared = close_connections(instance)  # no open connection may cross the fork
+
+                def open_runner() -> Callable[[str], Outcome]:  # in a forked worker process
+                    own = instance if shared else dg.DagsterInstance.from_ref(instance.get_ref())
+                    return lambda key: run_one(key, own)
+
                 parallel.run_parallel(todo, workers, lambda key: run_one(key, instance), open_runner, board, finished)
             else:
                 for key in todo:

@@ -50,13 +50,11 @@ def close_connections(instance: dg.DagsterInstance) -> bool:
     (the CLI's own SQLite instance); False for another storage (PostgreSQL...), whose pool a forked
     process must not share: it opens the instance again from its ref.
     """
-    pooled = True
-    for storage in (instance.run_storage, instance.event_log_storage):
-        close = getattr(storage, "close_connections", None)
+    closers = [getattr(storage, "close_connections", None) for storage in (instance.run_storage, instance.event_log_storage)]
+    for close in closers:
         if close is not None:
             close()
-        pooled = pooled and close is not None
-    return pooled
+    return all(closers)
 
 
 def ui_command(instance: dg.DagsterInstance, config: dict) -> str:
