@@ -102,3 +102,43 @@ def test_dagster_home_on_default_storage_is_pooled_and_a_configured_storage_is_k
         finally:
             instance.dispose()
     assert not layout.dagster_home.exists()  # DAGSTER_HOME set: nothing under the working directory
+
+
+def _schema(db: Path) -> tuple[list, list, str]:
+    import sqlite3
+
+    conn = sqlite3.connect(db)
+    try:
+        objects = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
+        revisions = conn.execute("SELECT version_num FROM alembic_version").fetchall()
+        return objects, revisions, conn.execute("PRAGMA journal_mode").fetchone()[0]
+    finally:
+        conn.close()
+
+
+def test_a_runs_event_log_database_is_created_as_dagsters_own(tmp_path: Path) -> None:
+    """The pooled storage creates a run's database without Dagster's alembic walk: same tables, mode, revision."""
+    from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    made = {}
+    for cls in (SqliteEventLogStorage, PooledSqliteEventLogStorage):
+        storage = cls(str(tmp_path / cls.__name__))
+        storage._initdb(create_engine(storage.conn_string_for_shard("run1"), poolclass=NullPool))
+        made[cls] = _schema(Path(storage.path_for_shard("run1")))
+        storage.dispose()
+    stock, pooled = made[SqliteEventLogStorage], made[PooledSqliteEventLogStorage]
+    assert pooled == stock and pooled[2] == "wal" and len(pooled[1]) == 1 and len(pooled[0]) > 10
+
+    # A database whose tables exist without a stamped revision (an older Dagster's): Dagster's own path stamps it.
+    import sqlite3
+
+    storage = PooledSqliteEventLogStorage(str(tmp_path / "legacy"))
+    conn = sqlite3.connect(storage.path_for_shard("old"))
+    conn.execute("CREATE TABLE event_logs (id INTEGER PRIMARY KEY)")
+    conn.commit()
+    conn.close()
+    storage._initdb(create_engine(storage.conn_string_for_shard("old"), poolclass=NullPool))
+    assert _schema(Path(storage.path_for_shard("old")))[1] == stock[1]
+    storage.dispose()
