@@ -31,17 +31,21 @@ def served(corpus: Corpus):
         yield server
 
 
+def _skip_unless_required(reason: str | None, require_env: str) -> None:
+    """A server that cannot run here (``reason``): skip with the reason, or fail when ``require_env`` is 1 (CI)."""
+    if reason is not None:
+        if os.environ.get(require_env) == "1":
+            pytest.fail(f"{require_env}=1 but {reason}", pytrace=False)
+        pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[PgServer]:
     """A throwaway PostgreSQL server for the session (lsvq_assets_tests/pg.py), stopped and removed at the end.
 
     Skips with the reason when it cannot run here, or fails instead when LSVQ_REQUIRE_POSTGRES=1 (CI).
     """
-    reason = pg_unavailable()
-    if reason is not None:
-        if os.environ.get(REQUIRE_ENV) == "1":
-            pytest.fail(f"{REQUIRE_ENV}=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    _skip_unless_required(pg_unavailable(), REQUIRE_ENV)
     server = start_server()
     try:
         yield server
@@ -64,11 +68,7 @@ def s3_server() -> Iterator[S3Server]:
     ``create_bucket(name)``); stopped at the end. Skips with the reason when moto is not installed, or
     fails instead when LSVQ_REQUIRE_S3=1 (CI).
     """
-    reason = s3_unavailable()
-    if reason is not None:
-        if os.environ.get(S3_REQUIRE_ENV) == "1":
-            pytest.fail(f"{S3_REQUIRE_ENV}=1 but {reason}", pytrace=False)
-        pytest.skip(reason)
+    _skip_unless_required(s3_unavailable(), S3_REQUIRE_ENV)
     server = start_s3()
     try:
         yield server
