@@ -161,7 +161,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 yield conn
 
     def _initdb(self, engine: Engine, for_index_shard: bool = False) -> None:
-        if not for_index_shard:  # a run's database (the index's, once an instance, is Dagster's own)
+        """A run's database (and the index, already made, when first opened) through ``_init_run_shard``.
+
+        A new instance's index is made by Dagster's own path (``for_index_shard``), once.
+        """
+        if not for_index_shard:
             try:
                 return _init_run_shard(engine)
             except (exc.DatabaseError, sqlite3.DatabaseError):
