@@ -29,6 +29,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -574,6 +575,22 @@ STAGE_COLORS = {
 }
 
 
+def save_results(res: dict, results: Path, prefix: str, plot_fn: Callable[[dict, Path], str | None]) -> tuple[str, Path, str | None]:
+    """Write ``res`` to ``results/<prefix><timestamp>.json`` and ``<prefix>latest.json``, and its plot beside.
+
+    Returns the JSON text, the plot's path and why there is no plot (None: drawn).
+    """
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{prefix}{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    text = json.dumps(res, indent=2, sort_keys=True, default=str) + "\n"
+    out.write_text(text)
+    (results / f"{prefix}latest.json").write_text(text)
+    png = out.with_suffix(".png")
+    why = plot_fn(res, png)
+    log(f"\nresults -> {out}" + (f"\nplot -> {png}" if why is None else f"\n{why}"))
+    return text, png, why
+
+
 def plot(res: dict, path: Path) -> str | None:
     try:
         import matplotlib
@@ -843,15 +860,7 @@ def main(argv: list[str] | None = None) -> int:
     res["elapsed_s"] = time.time() - started
     print_report(res)
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.results / f"{stamp}.json"
-    text = json.dumps(res, indent=2, sort_keys=True, default=str) + "\n"
-    out.write_text(text)
-    (args.results / "latest.json").write_text(text)
-    png = args.results / f"{stamp}.png"
-    why = plot(res, png)
-    log(f"\nresults -> {out}" + (f"\nplot -> {png}" if why is None else f"\n{why}"))
+    text, png, why = save_results(res, args.results, "", plot)
     if args.publish:
         (REPO / "benchmarks" / "published.json").write_text(text)
         if why is None:

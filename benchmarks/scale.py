@@ -419,16 +419,22 @@ def _tail(text: str, n: int = 2000) -> str:
     return text[-n:] if len(text) > n else text
 
 
-def run_cli(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
+def _fresh_work(work: Path) -> tuple[Path, dict]:
+    """An empty ``work`` with a fresh Dagster home in it: (that home, the CLI's environment)."""
     from benchmarks.harness import clean_env, fresh_home
-    from benchmarks.measure import run_measured
-    from lsvq_assets_tests.loopback import LoopbackServer
 
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
     home = fresh_home(work)
-    env = clean_env(home)
+    return home, clean_env(home)
+
+
+def run_cli(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
+    from benchmarks.measure import run_measured
+    from lsvq_assets_tests.loopback import LoopbackServer
+
+    home, env = _fresh_work(work)
     lsvq_dir = work / "lsvq"
     out: dict = {}
     seen_runs: set[str] = set()
@@ -506,14 +512,9 @@ def dagster_summary(home: str, seen: set[str]) -> dict:
 
 def run_profile(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
     """One CLI run under cProfile (main thread only) or py-spy (every thread, native frames off)."""
-    from benchmarks.harness import clean_env, fresh_home
     from lsvq_assets_tests.loopback import LoopbackServer
 
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    home = fresh_home(work)
-    env = clean_env(home)
+    home, env = _fresh_work(work)
     args.results.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     seen: set[str] = set()
@@ -736,15 +737,9 @@ def main(argv: list[str] | None = None) -> int:
     res["targets"] = evaluate(res)
     res["elapsed_s"] = time.time() - started
     print_report(res)
-    args.results.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = args.results / f"scale-{args.preset}-{stamp}.json"
-    text = json.dumps(res, indent=2, sort_keys=True, default=str) + "\n"
-    out.write_text(text)
-    (args.results / f"scale-{args.preset}-latest.json").write_text(text)
-    png = out.with_suffix(".png")
-    why = plot(res, png)
-    log(f"\nresults -> {out}" + (f"\nplot -> {png}" if why is None else f"\n{why}"))
+    from benchmarks.harness import save_results
+
+    save_results(res, args.results, f"scale-{args.preset}-", plot)
     log(f"benchmark took {res['elapsed_s']:.0f}s")
     return 0
 
