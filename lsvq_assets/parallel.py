@@ -26,6 +26,7 @@ import queue
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
@@ -38,6 +39,7 @@ log = logging.getLogger("lsvq_assets")
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15  # <linux/prctl.h>
 WORKER_NAME = "lsvq-partition"  # a worker's process name (at most 15 bytes)
 STOP_WAIT_S = 120.0  # how long the workers' interrupted runs may take to end
+COUNT_EVERY_S = 0.1  # a worker sends its clip counts at most this often (a message a clip cost both processes)
 
 
 @dataclass(frozen=True)
@@ -56,14 +58,29 @@ def can_fork() -> bool:
 
 
 class _RelayPartition:
+    """A worker's partition on the CLI's board: its counts, summed over ``COUNT_EVERY_S``."""
+
     def __init__(self, relay: _Relay, key: str) -> None:
         self.relay, self.key = relay, key
+        self.n = self.nbytes = 0
+        self.last = 0.0
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
-        self.relay.send(("count", self.key, n, nbytes))
+        with self.relay.lock:
+            self.n, self.nbytes = self.n + n, self.nbytes + nbytes
+            if time.monotonic() - self.last >= COUNT_EVERY_S:
+                self._flush_locked()
+
+    def _flush_locked(self) -> None:
+        if self.n or self.nbytes:
+            self.relay.conn.send(("count", self.key, self.n, self.nbytes))
+        self.n = self.nbytes = 0
+        self.last = time.monotonic()
 
     def close(self) -> None:
-        self.relay.send(("closed", self.key))
+        with self.relay.lock:
+            self._flush_locked()
+            self.relay.conn.send(("closed", self.key))
 
 
 class _Relay:

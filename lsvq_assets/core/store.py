@@ -109,6 +109,7 @@ class FetchState:
         self._clips: dict[str, ClipRecord] = {}
         self._encoded: dict[str, str] = {}  # src -> '"src":{record}' as JSON: a save re-encodes only what changed
         self._probes: dict[str, dict] = {}
+        self._probes_encoded: dict[str, str] = {}  # key -> '"key":{probe}' as JSON, as for clips
         self._seeds: set[str] = set()
         try:
             data = json.loads(storage.read_bytes(self.path))
@@ -140,15 +141,18 @@ class FetchState:
         """Write the whole state (the JSON of ``{"version", "clips", "probes", "seed_imports"}``).
 
         Saved once per batch of clips, so a partition's state is written many times: each record's
-        JSON is kept and re-encoded only when the record changes (encoding every record at every
-        save made the state the largest cost of a partition of 1,000 clips).
+        and each probe's JSON is kept and re-encoded only when it changes (encoding every record at
+        every save made the state the largest cost of a partition of 1,000 clips).
         """
         for src, rec in self._clips.items():
             if src not in self._encoded:  # flat: what asdict gives, without its deep copy
                 self._encoded[src] = f"{_dumps(src)}:{_dumps(rec.__dict__)}"
         clips = ",".join(self._encoded[src] for src in sorted(self._clips))
-        rest = _dumps({"probes": dict(sorted(self._probes.items())), "seed_imports": sorted(self._seeds)})
-        doc = f'{{"version":{STATE_VERSION},"clips":{{{clips}}},{rest[1:]}'
+        for key, value in self._probes.items():
+            if key not in self._probes_encoded:
+                self._probes_encoded[key] = f"{_dumps(key)}:{_dumps(value)}"
+        probes = ",".join(self._probes_encoded[key] for key in sorted(self._probes))
+        doc = f'{{"version":{STATE_VERSION},"clips":{{{clips}}},"probes":{{{probes}}},"seed_imports":{_dumps(sorted(self._seeds))}}}'
         storage.write_bytes(self.path, doc.encode())
 
     def _set_locked(self, rec: ClipRecord) -> None:
@@ -213,23 +217,29 @@ class FetchState:
 
     def put_probes(self, items: Mapping[tuple[str, str], dict]) -> None:
         """Store (replace) probe results, written once."""
-        new = {}
+        new: dict[str, tuple[dict, str]] = {}
         for key, value in items.items():
             sha256, backend = key
             if not isinstance(sha256, str) or not isinstance(backend, str) or not sha256 or not backend:
                 raise ValueError(f"probe key must be (sha256, backend) strings, got {key!r}")
             if not isinstance(value, dict):
                 raise TypeError(f"probe result for {key!r} must be a dict, got {type(value).__name__}")
-            new[f"{sha256}:{backend}"] = json.loads(json.dumps(value, allow_nan=False))
+            name = f"{sha256}:{backend}"
+            encoded = _dumps(value)  # what JSON cannot hold (NaN, objects) fails here, before anything changes
+            new[name] = (json.loads(encoded), f"{_dumps(name)}:{encoded}")
         if not new:
             return
         with self._lock:
             before = dict(self._probes)
-            self._probes.update(new)
+            for name, (value, encoded) in new.items():
+                self._probes[name] = value
+                self._probes_encoded[name] = encoded
             try:
                 self._save_locked()
             except BaseException:
                 self._probes = before
+                for name in new:
+                    self._probes_encoded.pop(name, None)
                 raise
 
     # -- seed progress -----------------------------------------------------
