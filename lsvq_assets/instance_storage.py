@@ -95,7 +95,7 @@ def _init_run_shard(engine: Engine) -> None:
     """Create a run's event-log database as Dagster's ``_initdb`` does, on alembic scripts loaded once.
 
     The same tables, WAL mode and stamped revision; Dagster loads its ~90 migration scripts twice
-    for every new run's database (~120 ms a run).
+    for every new run's database (~150 ms a run, against ~50 ms here).
     """
     from alembic.runtime.migration import MigrationContext
 
