@@ -62,25 +62,30 @@ class _RelayPartition:
 
     def __init__(self, relay: _Relay, key: str) -> None:
         self.relay, self.key = relay, key
+        self.lock = threading.Lock()  # the download and probe threads count at once
         self.n = self.nbytes = 0
         self.last = 0.0
 
     def update(self, n: int = 1, nbytes: int = 0) -> None:
-        with self.relay.lock:
+        with self.lock:
             self.n, self.nbytes = self.n + n, self.nbytes + nbytes
-            if time.monotonic() - self.last >= COUNT_EVERY_S:
-                self._flush_locked()
+            due = time.monotonic() - self.last >= COUNT_EVERY_S
+            counts = self._take_locked() if due else None
+        if counts:  # counts add up: their order among threads does not matter
+            self.relay.send(counts)
 
-    def _flush_locked(self) -> None:
-        if self.n or self.nbytes:
-            self.relay.conn.send(("count", self.key, self.n, self.nbytes))
+    def _take_locked(self) -> tuple | None:
+        counts = ("count", self.key, self.n, self.nbytes) if self.n or self.nbytes else None
         self.n = self.nbytes = 0
         self.last = time.monotonic()
+        return counts
 
     def close(self) -> None:
-        with self.relay.lock:
-            self._flush_locked()
-            self.relay.conn.send(("closed", self.key))
+        with self.lock:
+            counts = self._take_locked()
+        if counts:
+            self.relay.send(counts)
+        self.relay.send(("closed", self.key))
 
 
 class _Relay:

@@ -3,6 +3,7 @@ SQLite storage (``dagster dev`` on the same ``DAGSTER_HOME``) reads."""
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
@@ -105,8 +106,6 @@ def test_dagster_home_on_default_storage_is_pooled_and_a_configured_storage_is_k
 
 
 def _schema(db: Path) -> tuple[list, list, str]:
-    import sqlite3
-
     conn = sqlite3.connect(db)
     try:
         objects = conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name").fetchall()
@@ -132,8 +131,6 @@ def test_a_runs_event_log_database_is_created_as_dagsters_own(tmp_path: Path) ->
     assert pooled == stock and pooled[2] == "wal" and len(pooled[1]) == 1 and len(pooled[0]) > 10
 
     # A database whose tables exist without a stamped revision (an older Dagster's): Dagster's own path stamps it.
-    import sqlite3
-
     storage = PooledSqliteEventLogStorage(str(tmp_path / "legacy"))
     conn = sqlite3.connect(storage.path_for_shard("old"))
     conn.execute("CREATE TABLE event_logs (id INTEGER PRIMARY KEY)")

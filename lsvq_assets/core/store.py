@@ -23,10 +23,11 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from lsvq_assets.core import storage
 from lsvq_assets.core.storage import Location
@@ -68,6 +69,15 @@ class ClipRecord:
 
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
+
+
+def _members(values: Mapping[str, Any], encoded: dict[str, str], as_json: Callable[[Any], object]) -> str:
+    """The JSON members ``"key":value`` of ``values`` in key order, each encoded once: ``encoded`` keeps them
+    (whoever changes a value drops its entry)."""
+    for key, value in values.items():
+        if key not in encoded:
+            encoded[key] = f"{_dumps(key)}:{_dumps(as_json(value))}"
+    return ",".join(encoded[key] for key in sorted(values))
 
 
 def _merge(old: ClipRecord | None, new: ClipRecord, now: str) -> ClipRecord:
@@ -144,14 +154,8 @@ class FetchState:
         and each probe's JSON is kept and re-encoded only when it changes (encoding every record at
         every save made the state the largest cost of a partition of 1,000 clips).
         """
-        for src, rec in self._clips.items():
-            if src not in self._encoded:  # flat: what asdict gives, without its deep copy
-                self._encoded[src] = f"{_dumps(src)}:{_dumps(rec.__dict__)}"
-        clips = ",".join(self._encoded[src] for src in sorted(self._clips))
-        for key, value in self._probes.items():
-            if key not in self._probes_encoded:
-                self._probes_encoded[key] = f"{_dumps(key)}:{_dumps(value)}"
-        probes = ",".join(self._probes_encoded[key] for key in sorted(self._probes))
+        clips = _members(self._clips, self._encoded, lambda rec: rec.__dict__)  # flat: what asdict gives, without its deep copy
+        probes = _members(self._probes, self._probes_encoded, lambda probe: probe)
         doc = f'{{"version":{STATE_VERSION},"clips":{{{clips}}},"probes":{{{probes}}},"seed_imports":{_dumps(sorted(self._seeds))}}}'
         storage.write_bytes(self.path, doc.encode())
 
@@ -217,23 +221,22 @@ class FetchState:
 
     def put_probes(self, items: Mapping[tuple[str, str], dict]) -> None:
         """Store (replace) probe results, written once."""
-        new: dict[str, tuple[dict, str]] = {}
+        new: dict[str, dict] = {}
         for key, value in items.items():
             sha256, backend = key
             if not isinstance(sha256, str) or not isinstance(backend, str) or not sha256 or not backend:
                 raise ValueError(f"probe key must be (sha256, backend) strings, got {key!r}")
             if not isinstance(value, dict):
                 raise TypeError(f"probe result for {key!r} must be a dict, got {type(value).__name__}")
-            name = f"{sha256}:{backend}"
-            encoded = _dumps(value)  # what JSON cannot hold (NaN, objects) fails here, before anything changes
-            new[name] = (json.loads(encoded), f"{_dumps(name)}:{encoded}")
+            # What JSON cannot hold (NaN, objects) fails here, before anything changes.
+            new[f"{sha256}:{backend}"] = json.loads(_dumps(value))
         if not new:
             return
         with self._lock:
             before = dict(self._probes)
-            for name, (value, encoded) in new.items():
+            for name, value in new.items():
                 self._probes[name] = value
-                self._probes_encoded[name] = encoded
+                self._probes_encoded.pop(name, None)
             try:
                 self._save_locked()
             except BaseException:
