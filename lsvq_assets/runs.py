@@ -28,8 +28,9 @@ def open_instance(layout: Layout) -> dg.DagsterInstance:
     from dagster._core.instance.config import dagster_instance_config
     from dagster._core.instance.ref import InstanceRef
 
-    from lsvq_assets.instance_storage import STORAGE_KEYS, instance_overrides
+    from lsvq_assets.instance_storage import STORAGE_KEYS, instance_overrides, load_alembic_scripts_once
 
+    load_alembic_scripts_once()  # the instance's databases are checked (and a new one's stamped) on scripts loaded once
     home = os.environ.get("DAGSTER_HOME")
     if not home:
         layout.dagster_home.mkdir(parents=True, exist_ok=True)

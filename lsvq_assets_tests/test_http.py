@@ -627,6 +627,26 @@ def test_https_success_and_untrusted_cert(
     assert (tmp_path / "4.mp4").read_bytes() == data
 
 
+def test_environment_proxies_are_honoured_per_host(loopback: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``HTTP_PROXY`` and ``NO_PROXY`` apply as requests applies them, on every request (worked out once per origin).
+
+    127.0.0.2:9 has no server: a request reaches the clip only through the proxy (the loopback
+    server, which answers an absolute-form target with its file)."""
+    data = loopback.put_random("a.mp4", 50_000)
+    monkeypatch.setenv("HTTP_PROXY", loopback.base_url)
+    monkeypatch.setenv("NO_PROXY", "localhost")
+    with fast_fetcher(max_attempts=1) as fetcher:
+        results = [fetcher.fetch("http://127.0.0.2:9/a.mp4", tmp_path / f"{i}.mp4") for i in range(3)]
+    assert all(r.ok and r.sha256 == sha(data) for r in results)
+    assert [r.raw_path for r in loopback.records("a.mp4")] == ["http://127.0.0.2:9/a.mp4"] * 3
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.2")  # that host now bypasses the proxy: nothing listens there
+    with fast_fetcher(max_attempts=1) as fetcher:
+        direct = fetcher.fetch("http://127.0.0.2:9/a.mp4", tmp_path / "direct.mp4")
+    assert not direct.ok and direct.reason is not None and direct.reason.startswith("connection"), direct.reason
+    assert loopback.count("a.mp4") == 3
+
+
 @pytest.mark.parametrize("size", [1, 100, 16383, 16384, 16385, 65536, 300_000])
 @pytest.mark.parametrize("extra", [1, 20_000])
 def test_https_long_body_detected(

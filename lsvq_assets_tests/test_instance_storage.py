@@ -4,6 +4,8 @@ SQLite storage (``dagster dev`` on the same ``DAGSTER_HOME``) reads."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -139,3 +141,40 @@ def test_a_runs_event_log_database_is_created_as_dagsters_own(tmp_path: Path) ->
     storage._initdb(create_engine(storage.conn_string_for_shard("old"), poolclass=NullPool))
     assert _schema(Path(storage.path_for_shard("old")))[1] == stock[1]
     storage.dispose()
+
+
+def _contents(db: Path) -> tuple:
+    """A database's schema, revision and mode, and the data migrations marked done."""
+    conn = sqlite3.connect(db)
+    try:
+        marked = conn.execute("SELECT name FROM secondary_indexes WHERE migration_completed IS NOT NULL ORDER BY name").fetchall()
+    finally:
+        conn.close()
+    return _schema(db), marked
+
+
+def test_a_new_instance_made_on_alembic_scripts_loaded_once_is_dagsters_own(tmp_path: Path) -> None:
+    """``load_alembic_scripts_once``: one loaded script directory for Dagster's databases, and the
+    three databases of a new instance made on it are those a process without it makes."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._core.storage.runs.sqlite import sqlite_run_storage
+    from dagster._core.storage.schedules.sqlite import sqlite_schedule_storage
+    from dagster._core.storage.sql import get_alembic_config
+
+    stock, ours = tmp_path / "stock", tmp_path / "ours"
+    stock.mkdir()
+    ours.mkdir()
+    make = "import sys, dagster as dg; from dagster._core.instance.ref import InstanceRef; dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])).dispose()"
+    subprocess.run([sys.executable, "-c", make, str(stock)], check=True, capture_output=True)  # nothing replaced there
+
+    instance_storage.load_alembic_scripts_once()
+    instance_storage.load_alembic_scripts_once()  # a second call changes nothing
+    runs, schedules = (ScriptDirectory.from_config(get_alembic_config(m.__file__)) for m in (sqlite_run_storage, sqlite_schedule_storage))
+    assert runs is schedules is instance_storage._alembic_head()[0]
+    assert ScriptDirectory.from_config(get_alembic_config(sqlite_run_storage.__file__, script_location=str(tmp_path))) is not runs
+
+    dg.DagsterInstance.from_ref(InstanceRef.from_dir(str(ours))).dispose()
+    for db in ("history/runs.db", "history/runs/index.db", "schedules/schedules.db"):
+        made, theirs = _contents(ours / db), _contents(stock / db)
+        assert made == theirs and made[1], db

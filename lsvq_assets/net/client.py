@@ -21,10 +21,13 @@ import random
 import threading
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from urllib.parse import urljoin
+from typing import Any
+from urllib.parse import urljoin, urlsplit
 
 import requests
+import requests.utils
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from lsvq_assets.core.urls import check_url
 from lsvq_assets.net.auth import Bearer
@@ -142,6 +145,7 @@ class HttpClient:
         self.session.mount("https://", adapter)
         self.session.headers.update({"User-Agent": user_agent, "Accept-Encoding": "identity", "Accept": "*/*"})
         self.session.max_redirects = self.max_redirects
+        self._origins: dict[tuple[str, str], tuple[dict[str, Any], Any]] = {}  # see _environment
 
     # -- lifecycle
     def close(self) -> None:
@@ -200,6 +204,35 @@ class HttpClient:
         Given explicitly so that a ``~/.netrc`` entry for the mirror cannot replace the token."""
         return self._bearer.auth() if self._bearer is not None and self._bearer.applies_to(url) else None
 
+    def _environment(self, url: str) -> tuple[dict[str, Any], Any]:
+        """What ``Session.get`` would take from the environment for ``url``, worked out once per origin.
+
+        The proxies (``*_proxy``, ``no_proxy``), the CA bundle (``REQUESTS_CA_BUNDLE``) and a
+        ``~/.netrc`` login for the host: ``Session.get`` reads them again for every request, which
+        was a fifth of a small clip's CPU in the download (measured with py-spy, laptop case).
+        """
+        parts = urlsplit(url)
+        origin = (parts.scheme, parts.netloc)
+        found = self._origins.get(origin)
+        if found is None:
+            settings = self.session.merge_environment_settings(url, {}, True, None, None)
+            netrc = requests.utils.get_netrc_auth(url) if self.session.trust_env else None
+            found = self._origins[origin] = (settings, netrc)
+        return found
+
+    def _get(self, url: str, headers: Mapping[str, str] | None) -> requests.Response:
+        """One GET, as ``Session.get(url, stream=True, allow_redirects=False)`` sends it, with the environment asked once per origin."""
+        merged = CaseInsensitiveDict(self.session.headers)
+        merged.update(headers or {})
+        request = requests.PreparedRequest()
+        # a bad URL raises here, as in Session.get
+        request.prepare(method="GET", url=url, headers=merged, cookies=self.session.cookies, hooks=self.session.hooks)
+        settings, netrc = self._environment(request.url or url)
+        auth = self._auth_for(url) or netrc
+        if auth:
+            request.prepare_auth(auth)
+        return self.session.send(request, allow_redirects=False, timeout=(self.connect_timeout_s, self.timeout_s), **settings)
+
     def open(self, url: str, headers: Mapping[str, str] | None = None, accept: Collection[int] = (200,)) -> Opened:
         """GET ``url`` (with ``headers`` on every hop, e.g. ``Range``/``If-Range``), following redirects.
 
@@ -211,14 +244,7 @@ class HttpClient:
         for _hop in range(self.max_redirects + 1):
             n_requests += 1
             try:
-                resp = self.session.get(
-                    current,
-                    headers=dict(headers or {}),
-                    auth=self._auth_for(current),
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(self.connect_timeout_s, self.timeout_s),
-                )
+                resp = self._get(current, headers)
             except NETWORK_ERRORS as exc:
                 failure = classify_network_error(exc, None, None)
                 if failure.reason.startswith("bad-url"):
