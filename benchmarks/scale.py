@@ -530,7 +530,8 @@ def run_profile(replica: Replica, work: Path, args: argparse.Namespace) -> dict:
             cmd = [PY, "-m", "cProfile", "-o", str(dest), *cmd[1:]]
         else:
             # the runs' working directory is not this one: a relative --py-spy is resolved here
-            spy = os.path.abspath(args.py_spy) if args.py_spy else shutil.which("py-spy", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+            beside = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"  # the venv's own first
+            spy = os.path.abspath(args.py_spy) if args.py_spy else shutil.which("py-spy", path=beside)
             if not spy:
                 raise SystemExit("py-spy not found (pip install py-spy, or --py-spy PATH)")
             dest = args.results / f"scale-profile-{stamp}.pyspy.txt"

@@ -165,7 +165,10 @@ def test_a_new_instance_made_on_alembic_scripts_loaded_once_is_dagsters_own(tmp_
     stock, ours = tmp_path / "stock", tmp_path / "ours"
     stock.mkdir()
     ours.mkdir()
-    make = "import sys, dagster as dg; from dagster._core.instance.ref import InstanceRef; dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])).dispose()"
+    make = (
+        "import sys, dagster as dg; from dagster._core.instance.ref import InstanceRef; "
+        "dg.DagsterInstance.from_ref(InstanceRef.from_dir(sys.argv[1])).dispose()"
+    )
     subprocess.run([sys.executable, "-c", make, str(stock)], check=True, capture_output=True)  # nothing replaced there
 
     instance_storage.load_alembic_scripts_once()

@@ -7,6 +7,8 @@ worker threads:
 * :meth:`HttpClient.open` follows redirects by hand (at most ``max_redirects``): every
   ``Location`` is resolved against the current URL and re-checked with :func:`check_url`
   (http/https only); TLS is always verified; bodies are read raw (``Accept-Encoding: identity``);
+* what requests takes from the environment (proxies, ``REQUESTS_CA_BUNDLE``, ``~/.netrc``) is
+  read once per origin, not for every request (:meth:`HttpClient._environment`);
 * :meth:`HttpClient.retrying` runs attempts with exponential backoff and full jitter, or after the
   server's ``Retry-After`` (capped), for failures that are transient and retryable;
 * :meth:`HttpClient.too_slow` is the minimum-rate rule: once the read timeout has passed, a body
