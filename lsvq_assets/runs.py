@@ -25,7 +25,7 @@ def open_instance(layout: Layout) -> dg.DagsterInstance:
     On Dagster's default SQLite storage (no storage configured in its ``dagster.yaml``) its files
     are written through connections kept open (see ``instance_storage``): the same files, faster.
     """
-    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.instance.config import DAGSTER_CONFIG_YAML_FILENAME, dagster_instance_config
     from dagster._core.instance.ref import InstanceRef
 
     from lsvq_assets.instance_storage import STORAGE_KEYS, instance_overrides, load_alembic_scripts_once
@@ -37,7 +37,9 @@ def open_instance(layout: Layout) -> dg.DagsterInstance:
         home = str(layout.dagster_home)
     elif not os.path.isabs(home) or not os.path.isdir(home):
         return dg.DagsterInstance.get()  # Dagster's own error for a DAGSTER_HOME it cannot use
-    config, custom_class = dagster_instance_config(home)
+    # Without a dagster.yaml there is nothing to read: Dagster warns about it once, when it opens the instance below.
+    has_yaml = os.path.exists(os.path.join(home, DAGSTER_CONFIG_YAML_FILENAME))
+    config, custom_class = dagster_instance_config(home) if has_yaml else ({}, None)
     if custom_class is not None or any(config.get(k) for k in STORAGE_KEYS):
         return dg.DagsterInstance.from_config(home)
     overrides = instance_overrides(home, capture_logs=bool(config.get("compute_logs")))

@@ -3,6 +3,7 @@ SQLite storage (``dagster dev`` on the same ``DAGSTER_HOME``) reads."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -105,6 +106,23 @@ def test_dagster_home_on_default_storage_is_pooled_and_a_configured_storage_is_k
         finally:
             instance.dispose()
     assert not layout.dagster_home.exists()  # DAGSTER_HOME set: nothing under the working directory
+
+
+def test_a_dagster_home_without_dagster_yaml_is_warned_about_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dagster's warning for a DAGSTER_HOME without ``dagster.yaml`` is printed once a run, not twice; the instance is pooled."""
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    with caplog.at_level(logging.WARNING, logger="dagster"):
+        instance = open_instance(Layout.create(tmp_path / "lsvq"))
+    try:
+        assert type(instance.event_log_storage) is PooledSqliteEventLogStorage
+    finally:
+        instance.dispose()
+    warned = [r for r in caplog.records if "No dagster instance configuration file" in r.getMessage()]
+    assert len(warned) == 1 and str(home) in warned[0].getMessage()
 
 
 def _schema(db: Path) -> tuple[list, list, str]:
