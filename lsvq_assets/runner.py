@@ -115,6 +115,10 @@ def run_partitions(
 
         try:
             if workers > 1 and len(todo) > 1 and instance.is_persistent and parallel.can_fork():
+                if instance.telemetry_enabled:  # a new instance's id (and Dagster's welcome) made once, not by each process
+                    from dagster_shared.telemetry import get_or_set_instance_id
+
+                    get_or_set_instance_id()
                 shared = close_connections(instance)  # no open connection may cross the fork
 
                 def open_runner() -> Callable[[str], Outcome]:  # in a forked worker process

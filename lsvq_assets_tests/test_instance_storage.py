@@ -4,6 +4,7 @@ SQLite storage (``dagster dev`` on the same ``DAGSTER_HOME``) reads."""
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import subprocess
 import sys
@@ -144,11 +145,17 @@ def test_a_runs_event_log_database_is_created_as_dagsters_own(tmp_path: Path) ->
     made = {}
     for cls in (SqliteEventLogStorage, PooledSqliteEventLogStorage):
         storage = cls(str(tmp_path / cls.__name__))
-        storage._initdb(create_engine(storage.conn_string_for_shard("run1"), poolclass=NullPool))
-        made[cls] = _schema(Path(storage.path_for_shard("run1")))
+        for run in ("run1", "run2"):  # the pooled storage copies the database it made once for this process
+            storage._initdb(create_engine(storage.conn_string_for_shard(run), poolclass=NullPool))
+            made[cls, run] = _schema(Path(storage.path_for_shard(run)))
         storage.dispose()
-    stock, pooled = made[SqliteEventLogStorage], made[PooledSqliteEventLogStorage]
-    assert pooled == stock and pooled[2] == "wal" and len(pooled[1]) == 1 and len(pooled[0]) > 10
+        assert sorted(os.listdir(tmp_path / cls.__name__)) == ["index.db", "run1.db", "run2.db"]  # no temp file left
+    assert instance_storage._new_run_shard_bytes().startswith(b"SQLite format 3\x00")  # copied, not made each time
+    stock = made[SqliteEventLogStorage, "run1"]
+    assert made[SqliteEventLogStorage, "run2"] == stock
+    for run in ("run1", "run2"):
+        pooled = made[PooledSqliteEventLogStorage, run]
+        assert pooled == stock and pooled[2] == "wal" and len(pooled[1]) == 1 and len(pooled[0]) > 10
 
     # A database whose tables exist without a stamped revision (an older Dagster's): Dagster's own path stamps it.
     storage = PooledSqliteEventLogStorage(str(tmp_path / "legacy"))

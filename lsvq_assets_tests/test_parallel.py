@@ -61,7 +61,10 @@ def _partition_runs(work: Path) -> list[dg.RunRecord]:
 def test_two_partition_runs_at_once_give_the_shard_of_one_at_a_time(tmp_path: Path, corpus: Corpus, served) -> None:
     served.latency_s = 0.05  # each run lasts long enough to see them overlap
     two, one = tmp_path / "two", tmp_path / "one"
-    parallel = run_cli(cli_args(two, corpus.csv, served.base_url, "--partition-runs", "2"), tmp_path / "logs", "two")
+    home = two / ".dagster"  # as DAGSTER_HOME: Dagster's telemetry id is made there (else in ~/.dagster)
+    home.mkdir(parents=True)
+    args = cli_args(two, corpus.csv, served.base_url, "--partition-runs", "2")
+    parallel = run_cli(args, tmp_path / "logs", "two", {"DAGSTER_HOME": str(home)})
     assert parallel.proc.returncode == 0, parallel.stderr
     runs = _partition_runs(two)
     assert len(runs) == 2 and all(r.dagster_run.status == dg.DagsterRunStatus.SUCCESS for r in runs)
@@ -69,6 +72,7 @@ def test_two_partition_runs_at_once_give_the_shard_of_one_at_a_time(tmp_path: Pa
     assert a.start_time is not None and b.start_time is not None and a.end_time is not None
     assert b.start_time < a.end_time, "the two partition runs did not overlap"
     assert "Traceback" not in parallel.stderr and parallel.stderr.count(": done (run ") == 2
+    assert parallel.stderr.count("Welcome to Dagster!") == 1  # a new instance's telemetry id: made before the fork, once
     assert_exact_shard(two, corpus)
     check_invariants(two, corpus.root)
 

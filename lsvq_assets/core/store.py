@@ -15,7 +15,8 @@ locking is unsafe on network file systems) and an object store cannot lock at al
 writer per partition is guaranteed by the run queue (one run per ``dagster/partition`` value, see
 ``deploy/``) and, for CLI runs on one machine, by the partition lock. Every write replaces the whole
 file atomically (temp file, fsync, rename), so ``kill -9`` at any moment leaves the previous or the
-new state, never a torn one; writes are batched by the callers (one per 64 clips or 0.5 s).
+new state, never a torn one; writes are batched by the callers (one per 64 clips, at most one per
+0.1 s, or one per 0.5 s).
 """
 
 from __future__ import annotations

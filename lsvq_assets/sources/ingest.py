@@ -43,7 +43,11 @@ class _Recorder:
     """Collects results from the source's threads and writes them to the store in batches.
 
     A batch is taken under ``lock`` but written under ``write_lock`` only, so the other download
-    threads keep reporting while a batch's transaction commits (and fsyncs). ``on_ok`` is called
+    threads keep reporting while a batch's transaction commits (and fsyncs). A batch is written when
+    ``batch`` results wait and the last write is ``min_gap_s`` old, or when the last write is
+    ``interval_s`` old: results that come in a burst (an archive's members, all extracted before any
+    is reported) make one write, not one per ``batch`` (each write replaces the whole state and
+    fsyncs it: ~9 writes a folder of 550 clips cost ~0.1 s). ``on_ok`` is called
     for every clip that landed, outside both locks (e.g. to probe it while the rest downloads).
     """
 
@@ -52,10 +56,12 @@ class _Recorder:
         store: FetchState,
         batch: int = 64,
         interval_s: float = 0.5,
+        min_gap_s: float = 0.1,
         on_ok: Callable[[ClipResult], None] | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.store, self.batch, self.interval_s, self.on_ok, self.on_progress = store, batch, interval_s, on_ok, on_progress
+        self.min_gap_s = min_gap_s
         self.pending: list[ClipRecord] = []
         self.results: dict[str, ClipResult] = {}
         self.lock = threading.Lock()
@@ -79,7 +85,8 @@ class _Recorder:
         with self.lock:
             self.results[res.src] = res
             self.pending.append(rec)
-            due = len(self.pending) >= self.batch or time.monotonic() - self.last > self.interval_s
+            since = time.monotonic() - self.last
+            due = since > self.interval_s or (len(self.pending) >= self.batch and since >= self.min_gap_s)
             if due:
                 batch = self._take_locked()
         if due:
