@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 import dagster as dg
 
 from lsvq_assets.assets.meta import md_table
-from lsvq_assets.core.rows import line_problems
+from lsvq_assets.core.rows import parse_line
 
 ATTRITION_CHECK = "attrition_below_threshold"
 SCHEMA_CHECK = "rows_match_schema"
@@ -50,9 +50,10 @@ def schema_problems(lines: Iterable[str]) -> list[dict]:
     bad: list[dict] = []
     seen: set[str] = set()
     for n, line in enumerate(lines, 1):
-        problems = line_problems(line)
+        row, problems = parse_line(line)
         if not problems:
-            sha = json.loads(line)["src_sha256"]
+            assert row is not None
+            sha = row["src_sha256"]
             if sha in seen:
                 problems = [f"duplicate src_sha256 {sha}"]
             seen.add(sha)

@@ -219,6 +219,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str, inst_data: Any = None) -> None:
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # used and evicted under _db_lock only
         self._tables: set[str] = set()  # tables found in the index database
+        self._asset_key_cols: set[str] = set()  # columns found in its asset keys table
+        self._indexes: set[str] = set()  # its data migrations found done
         super().__init__(base_dir, inst_data)  # may index a new instance (through _connect)
 
     @classmethod
@@ -261,6 +263,25 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         if table_name not in self._tables and super().has_table(table_name):
             self._tables.add(table_name)
         return table_name in self._tables
+
+    def has_asset_key_col(self, column_name: str) -> bool:
+        return column_name in self._asset_key_cols or super().has_asset_key_col(column_name)
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        """Whether the asset keys table has ``column_name``; a column found is not asked about again.
+
+        Dagster reads the table's columns (``PRAGMA table_info``) ~20 times a run: for each asset
+        event it stores and each asset record it reads. Migrations add columns, never drop them.
+        """
+        if column_name not in self._asset_key_cols and super()._has_asset_key_col_on_connection(conn, column_name):
+            self._asset_key_cols.add(column_name)
+        return column_name in self._asset_key_cols
+
+    def has_secondary_index(self, name: str) -> bool:
+        """Whether Dagster's data migration ``name`` is done; one done is not asked about again (~10 times a run)."""
+        if name not in self._indexes and super().has_secondary_index(name):
+            self._indexes.add(name)
+        return name in self._indexes
 
     def close_connections(self) -> None:
         """Close the open connections (reopened when next used): before a ``fork()``, which none may cross."""

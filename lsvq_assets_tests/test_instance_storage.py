@@ -83,6 +83,40 @@ def test_runs_written_through_pooled_connections_read_back_with_the_stock_storag
         stock.dispose()
 
 
+def test_index_columns_and_data_migrations_found_are_not_asked_about_again(
+    cli_instance: dg.DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Dagster asks the index which asset-key columns and data migrations it has many times a run:
+    the pooled storage asks again only about what it did not find, and answers as the stock storage does."""
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+
+    cli_instance.add_dynamic_partitions("p", ["a", "b"])
+    assert JOB.execute_in_process(partition_key="a", instance=cli_instance).success
+    asked: list[tuple[str, bool]] = []
+    for name in ("_has_asset_key_col_on_connection", "has_secondary_index"):
+        stock_method = getattr(SqlEventLogStorage, name)
+
+        def counted(*args, _method=stock_method):  # noqa: ANN002, ANN202
+            answer = _method(*args)
+            asked.append((args[-1], answer))
+            return answer
+
+        monkeypatch.setattr(SqlEventLogStorage, name, counted)
+    assert JOB.execute_in_process(partition_key="b", instance=cli_instance).success
+    assert [name for name, answer in asked if answer] == []  # what was found is not asked again
+    pooled = cli_instance.event_log_storage
+    assert pooled._asset_key_cols and pooled._indexes  # found during the first run
+    monkeypatch.undo()
+    stock = dg.DagsterInstance.from_config(cli_instance.root_directory).event_log_storage
+    try:
+        for column in pooled._asset_key_cols | {"no_such_column"}:
+            assert pooled.has_asset_key_col(column) == stock.has_asset_key_col(column), column
+        for index in pooled._indexes | {"no_such_migration"}:
+            assert pooled.has_secondary_index(index) == stock.has_secondary_index(index), index
+    finally:
+        stock.dispose()
+
+
 def test_dagster_home_on_default_storage_is_pooled_and_a_configured_storage_is_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

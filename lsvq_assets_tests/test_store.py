@@ -365,6 +365,14 @@ def test_probe_cache_round_trip(db: Path) -> None:
         many = {(f"{i:064x}", "pyav"): {"width": i} for i in range(2500)}
         s.put_probes(many)
         assert s.get_probes(many.keys()) == many
+        nested = {"width": 1, "sizes": (1, 2), "tags": {"a": None}}  # kept as its JSON reads back
+        s.put_probes({("dd", "pyav"): nested, ("ee", "pyav"): ok})
+        with pytest.raises(ValueError):
+            s.put_probes({("ff", "pyav"): {"framerate": float("nan")}})  # not JSON: nothing changes
+        kept = s.get_probes([("dd", "pyav"), ("ee", "pyav"), ("ff", "pyav")])
+        assert kept == {("dd", "pyav"): {"width": 1, "sizes": [1, 2], "tags": {"a": None}}, ("ee", "pyav"): ok}
+    with FetchState(db) as again:
+        assert again.get_probes(kept.keys()) == kept  # what was saved is what was kept
 
 
 # --------------------------------------------------------------------------

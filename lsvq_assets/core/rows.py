@@ -58,12 +58,17 @@ def row_line(row: Mapping) -> str:
 
 def line_problems(line: str) -> list[str]:
     """What is wrong with one shard line against the schema (empty when it is valid)."""
+    return parse_line(line)[1]
+
+
+def parse_line(line: str) -> tuple[dict | None, list[str]]:
+    """One shard line's row (None when it is not a JSON object) and what is wrong with it against the schema."""
     try:
         row = json.loads(line)
     except ValueError as exc:
-        return [f"not JSON: {exc}"]
+        return None, [f"not JSON: {exc}"]
     if not isinstance(row, dict):
-        return ["not an object"]
+        return None, ["not an object"]
     problems = []
     if set(row) != set(ROW_KEYS):
         missing, extra = set(ROW_KEYS) - set(row), set(row) - set(ROW_KEYS)
@@ -77,7 +82,7 @@ def line_problems(line: str) -> list[str]:
             problems.append(f"{key} is not finite")
     if not problems and row_line(row) != line:
         problems.append("bytes differ from json.dumps(row, sort_keys=True)")
-    return problems
+    return row, problems
 
 
 L = TypeVar("L")  # a line, or where the caller keeps it (the shard: its number in a spill file)

@@ -68,6 +68,9 @@ class ClipRecord:
             raise ValueError(f"ClipRecord.attempts must be an int >= 0, got {self.attempts!r}")
 
 
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
 def _dumps(value: object) -> str:
     return json.dumps(value, separators=(",", ":"), allow_nan=False)
 
@@ -222,22 +225,26 @@ class FetchState:
 
     def put_probes(self, items: Mapping[tuple[str, str], dict]) -> None:
         """Store (replace) probe results, written once."""
-        new: dict[str, dict] = {}
+        new: dict[str, tuple[dict, str]] = {}
         for key, value in items.items():
             sha256, backend = key
             if not isinstance(sha256, str) or not isinstance(backend, str) or not sha256 or not backend:
                 raise ValueError(f"probe key must be (sha256, backend) strings, got {key!r}")
             if not isinstance(value, dict):
                 raise TypeError(f"probe result for {key!r} must be a dict, got {type(value).__name__}")
-            # What JSON cannot hold (NaN, objects) fails here, before anything changes.
-            new[f"{sha256}:{backend}"] = json.loads(_dumps(value))
+            # What JSON cannot hold (NaN, objects) fails here, before anything changes; the JSON is
+            # kept for the save. A flat dict of JSON's own types is what reading the JSON back gives.
+            encoded = _dumps(value)
+            plain = all(type(k) is str and type(v) in _JSON_SCALARS for k, v in value.items())
+            name = f"{sha256}:{backend}"
+            new[name] = (dict(value) if plain else json.loads(encoded), f"{_dumps(name)}:{encoded}")
         if not new:
             return
         with self._lock:
             before = dict(self._probes)
-            for name, value in new.items():
+            for name, (value, member) in new.items():
                 self._probes[name] = value
-                self._probes_encoded.pop(name, None)
+                self._probes_encoded[name] = member
             try:
                 self._save_locked()
             except BaseException:
