@@ -36,6 +36,8 @@ from dagster._core.storage.sql import get_alembic_config
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Connection, Engine
 
+from lsvq_assets.core.files import temp_beside
+
 MODULE = __name__
 OPEN_SHARDS = 4  # the index shard and the most recent runs' files
 # WAL with synchronous=NORMAL: a commit is not fsynced (a checkpoint is). The database stays
@@ -175,7 +177,7 @@ def _place_new_run_shard(path: str) -> bool:
     data = _new_run_shard_bytes()
     if not data or os.path.exists(path):
         return False
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".part", dir=os.path.dirname(path))
+    fd, tmp = temp_beside(Path(path))
     try:
         with open(fd, "wb") as fh:
             fh.write(data)

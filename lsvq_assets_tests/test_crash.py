@@ -28,7 +28,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from lsvq_assets.core.files import atomic_open, remove_stale_temps
+from lsvq_assets.core.files import TEMP_NAME, atomic_open, remove_stale_temps, temp_beside
 from lsvq_assets.core.locks import read_holder
 from lsvq_assets_tests.clipgen import ClipSpec
 from lsvq_assets_tests.corpus import Corpus, CorpusClip, build_corpus
@@ -268,6 +268,20 @@ def test_remove_stale_temps_spares_live_recent_and_foreign_files(tmp_path: Path)
     assert all(p.exists() for p in [other_target, recent, live, *not_ours])
     assert sorted(remove_stale_temps(tmp_path, None, older_than=old + 30)) == sorted([other_target, live])
     assert remove_stale_temps(tmp_path / "missing", None, older_than=time.time()) == []
+
+
+def test_temp_files_beside_a_target_are_new_files_that_stale_cleanup_knows(tmp_path: Path) -> None:
+    """``temp_beside`` names a temp file after the process; a name taken falls back to mkstemp's."""
+    dest = tmp_path / "a.b.mp4.mp4"
+    first, second = temp_beside(dest), temp_beside(dest)
+    for fd, _ in (first, second):
+        os.write(fd, b"x")
+        os.close(fd)
+    assert Path(first[1]).name == f".a.b.mp4.mp4.{os.getpid():08x}.part" and first[1] != second[1]
+    assert all(TEMP_NAME.fullmatch(Path(p).name)["target"] == dest.name for _, p in (first, second))
+    assert all(os.stat(p).st_mode & 0o777 == 0o600 for _, p in (first, second))
+    later = time.time() + 60
+    assert sorted(remove_stale_temps(tmp_path, {dest.name}, older_than=later)) == sorted(Path(p) for _, p in (first, second))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Files that appear whole or not at all: write to a temp file beside the target, fsync, rename.
 
-Temp files are hidden and named ``.<target name>.<8 random chars>.part``. A writer killed
+Temp files are hidden and named ``.<target name>.<8 chars>.part`` (``temp_beside``). A writer killed
 mid-write (``kill -9``, power cut) leaves one behind; ``remove_stale_temps`` is how the next
 writer of the same names removes them. ``atomic_path`` holds a ``flock`` on its temp file while
 it writes, so a temp file that can be locked has no live writer.
@@ -20,8 +20,22 @@ from collections.abc import Callable, Collection, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-# mkstemp(prefix=f".{name}.", suffix=".part"): 8 characters of [a-z0-9_] in between.
+# temp_beside: 8 characters of [a-z0-9_] between ".<name>." and ".part" (the pid in hex, or mkstemp's).
 TEMP_NAME = re.compile(r"\.(?P<target>.+)\.[a-z0-9_]{8}\.part")
+
+
+def temp_beside(dest: Path) -> tuple[int, str]:
+    """A new hidden temp file beside ``dest``, open for writing (mode 0600): ``(fd, path)``.
+
+    Named after this process (``.<name>.<pid in hex>.part``: one ``open``, no name drawn at random,
+    ~10 us against mkstemp's ~40 us a clip); when that name is taken (the same name twice at once,
+    another host's process of the same pid), ``mkstemp`` names it.
+    """
+    path = os.path.join(dest.parent, f".{dest.name}.{os.getpid():08x}.part")
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), path
+    except FileExistsError:
+        return tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
 
 
 def _has_live_writer(path: str) -> bool:
@@ -77,14 +91,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    fd, tmp = temp_beside(path)
     replaced = False
     try:
         with contextlib.suppress(OSError):  # a filesystem without locks: only the mtime guard then
             fcntl.flock(fd, fcntl.LOCK_EX)  # "a live writer": remove_stale_temps leaves it alone
         remove_stale_temps(path.parent, {path.name}, older_than=started)
         yield Path(tmp)
-        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the shard from other users
+        os.fchmod(fd, 0o644)  # the temp file's 0600 would hide the shard from other users
         os.fsync(fd)  # the inode's data, whichever handle the caller wrote it through
         os.replace(tmp, path)
         replaced = True

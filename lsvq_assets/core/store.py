@@ -71,8 +71,7 @@ class ClipRecord:
 _JSON_SCALARS = (str, int, float, bool, type(None))
 
 
-def _dumps(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), allow_nan=False)
+_dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # json.dumps with these arguments, minus an encoder a call
 
 
 def _members(values: Mapping[str, Any], encoded: dict[str, str], as_json: Callable[[Any], object]) -> str:

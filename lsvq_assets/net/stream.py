@@ -18,13 +18,13 @@ import os
 import select
 import socket
 import ssl
-import tempfile
 import time
 from pathlib import Path
 
 import requests
 import urllib3
 
+from lsvq_assets.core.files import temp_beside
 from lsvq_assets.net.client import Attempt, HttpClient
 from lsvq_assets.net.errors import NETWORK_ERRORS, FetchFailure, classify_network_error, disk_failure
 
@@ -135,7 +135,7 @@ def stream_to_file(client: HttpClient, resp: requests.Response, dest: Path, n_re
         return failed(FetchFailure("empty-body", False, False))
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp_name = temp_beside(dest)
     except OSError as exc:
         return failed(disk_failure(exc))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import av
@@ -22,7 +23,7 @@ class PyAVProber(Prober):
     def probe(self, path: Path) -> Probe:
         try:
             # Absolute, so a relative "name:x.mp4" is never taken for an FFmpeg protocol.
-            container = av.open(str(Path(path).absolute()), metadata_errors="ignore")
+            container = av.open(os.path.abspath(path), metadata_errors="ignore")
         except _AV_ERRORS as exc:
             raise BrokenClip(f"probe-failed: {exc}") from exc
         try:

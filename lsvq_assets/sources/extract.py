@@ -24,13 +24,12 @@ import hashlib
 import logging
 import os
 import tarfile
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from lsvq_assets.core.files import sync_files
+from lsvq_assets.core.files import sync_files, temp_beside
 from lsvq_assets.net.stream import CHUNK_SIZE, write_all
 from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
 
@@ -109,7 +108,7 @@ def _write_member(member: BinaryIO, dest: Path, expected: int, made: set[Path]) 
     if dest.parent not in made:
         dest.parent.mkdir(parents=True, exist_ok=True)
         made.add(dest.parent)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    fd, tmp = temp_beside(dest)
     done = False
     try:
         h = hashlib.sha256()

@@ -18,13 +18,12 @@ import errno
 import hashlib
 import os
 import stat
-import tempfile
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from lsvq_assets.core.errors import UserError
-from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.files import sha256_file, temp_beside
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
@@ -148,7 +147,7 @@ class LocalClipSource(ClipSource):
 
     @staticmethod
     def _copy(source: Path, dest: Path) -> tuple[str, int]:
-        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+        fd, tmp = temp_beside(dest)
         done = False
         try:
             h = hashlib.sha256()
