@@ -336,8 +336,43 @@ def build_replica(base: Path, spec: ReplicaSpec) -> Replica:
 # --------------------------------------------------------------------------- the floor
 
 
+def _settle() -> None:
+    """Write out what the phase before left dirty (the floor's 344 MB of extracted files) before a timed
+    phase starts: the CLI's ``syncfs`` would otherwise flush it, and its run pay for the floor's writes."""
+    os.sync()
+
+
+class _PhaseDirs:
+    """A new directory for each timed phase, all removed together once the benchmark is done.
+
+    Removing a phase's ~28,000 files just before the next phase creates as many made that phase
+    slow on ext4 and worse, at random: for a while after a deletion, the kernel's inode allocator
+    steps over every recently deleted inode (``recently_deleted`` in ``perf``), and creating a file
+    took ~0.9 ms instead of ~30 us. ``tar xzf`` of the replica took 12-25 s right after a removal
+    against 3.7 s otherwise, whichever phase came second paid for it, and the ratios moved by 2x.
+    Kept to the end, the phases need ``2 x --repeat`` times the replica's bytes of disk.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        # An earlier benchmark's directories (one cut short left its renamed ones): removed at the end too.
+        earlier = [p for p in (root, *root.parent.glob(f".old-*-{root.name}")) if p.is_dir()]
+        self.trash = [p if p.name.startswith(".old-") else p.rename(p.with_name(f".old-{time.time_ns()}-{p.name}")) for p in earlier]
+        self.n = 0
+
+    def new(self, name: str) -> Path:
+        self.n += 1
+        return self.root / f"{self.n:02d}-{name}"
+
+    def remove(self, keep: bool) -> None:
+        for p in self.trash + ([] if keep else [self.root]):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def measure_floor(replica: Replica, work: Path) -> dict:
-    """tar xzf every archive, then sha256 every file, then PyAV-probe every clip: one process, in turn."""
+    """tar xzf every archive, then sha256 every file, then PyAV-probe every clip: one process, in turn.
+
+    The extracted files stay in ``work`` (see ``_PhaseDirs``)."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -347,6 +382,7 @@ def measure_floor(replica: Replica, work: Path) -> dict:
         a, b = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
         return a.ru_utime + a.ru_stime + b.ru_utime + b.ru_stime
 
+    _settle()
     load = os.getloadavg()[0]
     cpu0 = cpu()
     archives = sorted(replica.archives.glob("*.tar.gz"))
@@ -376,7 +412,6 @@ def measure_floor(replica: Replica, work: Path) -> dict:
             bad += 1
     probe_s = time.perf_counter() - t0
     cpu_s = cpu() - cpu0
-    shutil.rmtree(work)
     return {
         "tar_xzf_s": tar_s,
         "sha256_s": sha_s,
@@ -446,6 +481,7 @@ def run_cli(replica: Replica, work: Path, args: argparse.Namespace, noop: bool =
             load = os.getloadavg()[0]
             log(f"[{phase}] {'CLI run' if phase == 'first' else 'the same command again (no-op)'} ... (load {load:.1f})")
             requests_before = server.count()
+            _settle()
             m = run_measured(cmd, env=env, cwd=work, timeout_s=args.timeout)
             shard = find_shard(work, lsvq_dir)
             rows = sum(1 for _ in open(shard)) if shard else 0
@@ -478,8 +514,6 @@ def run_cli(replica: Replica, work: Path, args: argparse.Namespace, noop: bool =
                 log(f"   Dagster: {d['runs']} runs ({d['by_job']}), run walls {d['run_wall_s']:.1f}s, inside asset bodies "
                     f"{d['body_s']:.1f}s, Dagster's own {d['overhead_s']:.1f}s (median {d['overhead_median_s']:.2f}s per run), "
                     f"{d['events']} events")
-    if not args.keep_work:
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
@@ -715,7 +749,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--spy-gil", action="store_true",
       help="py-spy --gil: only the thread holding the GIL (by default every thread not idle is sampled, "
            "including threads waiting for the GIL or inside fsync/zlib/av calls that released it)")
-    a("--keep-work", action="store_true", help="keep the CLI's working directory (the shard, the instance)")
+    a("--keep-work", action="store_true", help="keep the working directories (the floor's files; the CLI's shard and instance)")
     a("--work", type=Path, default=REPO / ".bench", help="replica cache and working directories")
     a("--results", type=Path, default=REPO / "benchmarks" / "results", help="where the JSON and PNG go")
     return p
@@ -751,17 +785,21 @@ def main(argv: list[str] | None = None) -> int:
         "load_avg_start": os.getloadavg(),
     }
     pairs = []
-    for i in range(args.repeat):  # floor, CLI, floor, CLI...: each CLI run against the floor measured just before it
-        if args.repeat > 1:
-            log(f"== pair {i + 1} of {args.repeat}")
-        floor = None
-        if not args.no_floor:
-            log("floor: tar xzf every archive, sha256 every file, PyAV probe every clip (one process) ...")
-            floor = measure_floor(replica, work / "scale-run" / "floor")
-            parts = f"tar {floor['tar_xzf_s']:.1f}s, sha256 {floor['sha256_s']:.1f}s, probe {floor['probe_s']:.1f}s"
-            log(f"floor: {floor['total_s']:.1f}s ({parts})")
-        last = i == args.repeat - 1
-        pairs.append((floor, run_cli(replica, work / "scale-run" / "cli", args, noop=last and not args.no_noop)))
+    phases = _PhaseDirs(work / "scale-run")
+    try:
+        for i in range(args.repeat):  # floor, CLI, floor, CLI...: each CLI run against the floor measured just before it
+            if args.repeat > 1:
+                log(f"== pair {i + 1} of {args.repeat}")
+            floor = None
+            if not args.no_floor:
+                log("floor: tar xzf every archive, sha256 every file, PyAV probe every clip (one process) ...")
+                floor = measure_floor(replica, phases.new("floor"))
+                parts = f"tar {floor['tar_xzf_s']:.1f}s, sha256 {floor['sha256_s']:.1f}s, probe {floor['probe_s']:.1f}s"
+                log(f"floor: {floor['total_s']:.1f}s ({parts})")
+            last = i == args.repeat - 1
+            pairs.append((floor, run_cli(replica, phases.new("cli"), args, noop=last and not args.no_noop)))
+    finally:
+        phases.remove(keep=args.keep_work)
     res["pairs"] = [_pair_summary(f, c["first"]) for f, c in pairs]
     # Reported: the CLI's median run against the fastest floor. Noise (this VM's disk above all) only
     # ever slows the floor down, so its fastest run is the truest; the ratio errs against the CLI.
