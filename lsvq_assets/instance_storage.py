@@ -174,8 +174,10 @@ def _new_run_shard_bytes() -> bytes:
 def _place_new_run_shard(path: str) -> bool:
     """Put a new run's database at ``path`` whole (a temp file beside it, linked into place); False when a
     file is already there (an earlier run of this id, or another process that made it first)."""
+    if os.path.exists(path):  # the index and every database opened again: no bytes to make for them
+        return False
     data = _new_run_shard_bytes()
-    if not data or os.path.exists(path):
+    if not data:
         return False
     fd, tmp = temp_beside(Path(path))
     try:

@@ -69,8 +69,6 @@ class ClipRecord:
 
 
 _JSON_SCALARS = (str, int, float, bool, type(None))
-
-
 _dumps = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode  # json.dumps with these arguments, minus an encoder a call
 
 
