@@ -18,7 +18,9 @@ import pytest
 from lsvq_assets.core.errors import UserError
 from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
+from lsvq_assets.net.client import HttpClient
 from lsvq_assets.sources.archive import ArchiveClipSource
+from lsvq_assets.sources.archive_download import ArchiveStream, StreamFailed
 from lsvq_assets.sources.base import ClipResult
 from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
 from lsvq_assets_tests.corpus import Corpus
@@ -115,13 +117,26 @@ def test_archive_source_extracts_the_same_bytes_with_one_request_per_archive(
     # One GET per archive, nothing else (no HEAD).
     assert sorted((r.method, r.path) for r in loopback.requests) == [("GET", f"archives/{f}.tar.gz") for f in sorted(archives)]
     assert stray_files(layout.clips_dir) == []
-    # The archives stay until the slice succeeded, then go (with any .part).
+    # Extracted as they arrived: no archive, no .part, no lock file (the directory was never made).
+    assert not layout.archives_dir.exists()
+
+
+def test_archives_downloaded_to_disk_stay_until_the_slice_succeeded(corpus: Corpus, loopback: LoopbackServer, layout: Layout) -> None:
+    """With --keep-archives (or a .part an earlier run left), the archive is downloaded, then extracted."""
+    archives = serve_archives(loopback, corpus)
+    rows = corpus_rows(corpus)
     kept = layout.archives_dir
+    for folder in archives:  # an earlier run's partial download of every archive: resumed, then extracted
+        kept.mkdir(parents=True, exist_ok=True)
+        (kept / f"{folder}.tar.gz.part").write_bytes(archives[folder].read_bytes()[:100])
+    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
+    assert all(results[c.src].ok for c in corpus.clips if c.kind != "missing")
+    assert sorted((r.path, r.range) for r in loopback.requests) == [(f"archives/{f}.tar.gz", "bytes=100-") for f in sorted(archives)]
     assert sorted(p.name for p in kept.glob("*.tar.gz")) == sorted(f"{f}.tar.gz" for f in archives)
     for f, path in archives.items():
         assert (kept / f"{f}.tar.gz").read_bytes() == path.read_bytes()
     ArchiveClipSource(template(loopback)).after_success(rows, layout)
-    assert list(kept.glob("*.tar.gz*")) == []
+    assert list(kept.glob("*.tar.gz*")) == [] and list(kept.iterdir()) == []
 
 
 def test_keep_archives_keeps_them_and_a_kept_archive_costs_no_request(
@@ -146,7 +161,7 @@ def test_archives_dir_override_and_rows_without_folder(corpus: Corpus, loopback:
     serve_archives(loopback, corpus)
     rows = [make_row("ia-batch2/alpha.mp4", 0), make_row("flat.mp4", 1)]
     elsewhere = tmp_path / "elsewhere"
-    results = run(ArchiveClipSource(template(loopback), archives_dir=elsewhere, **FAST), rows, layout)
+    results = run(ArchiveClipSource(template(loopback), archives_dir=elsewhere, keep_archives=True, **FAST), rows, layout)
     assert results["ia-batch2/alpha.mp4"].ok
     assert (results["flat.mp4"].ok, results["flat.mp4"].reason, results["flat.mp4"].transient) == (False, "no-folder-for-archive", False)
     assert (elsewhere / "ia-batch2.tar.gz").is_file() and not layout.archives_dir.exists()
@@ -170,7 +185,7 @@ def test_interrupted_download_is_resumed_with_a_range_request(corpus: Corpus, lo
     rows = [r for r in corpus_rows(corpus) if r.folder == "yfcc-batch1"]
 
     # A run with one attempt: the clips fail transiently, the .part keeps what arrived.
-    results = run(ArchiveClipSource(template(loopback), max_attempts=1, **FAST), rows, layout)
+    results = run(ArchiveClipSource(template(loopback), max_attempts=1, keep_archives=True, **FAST), rows, layout)
     assert all(not r.ok and r.transient and r.reason.startswith("archive-short-body") for r in results.values())
     part = layout.archives_dir / "yfcc-batch1.tar.gz.part"
     have = int(len(whole) * 0.4)
@@ -188,17 +203,93 @@ def test_interrupted_download_is_resumed_with_a_range_request(corpus: Corpus, lo
         assert layout.clip_path(row.src).read_bytes() == (corpus.root / row.src).read_bytes()
 
 
-def test_a_short_body_is_resumed_within_the_same_run(corpus: Corpus, loopback: LoopbackServer, layout: Layout) -> None:
+@pytest.mark.parametrize("keep_archives", [False, True])
+def test_a_short_body_is_resumed_within_the_same_run(corpus: Corpus, loopback: LoopbackServer, layout: Layout, keep_archives: bool) -> None:
     serve_archives(loopback, corpus)
     rel = "archives/ia-batch2.tar.gz"
     size = (loopback.root / rel).stat().st_size
     loopback.set_fault(rel, "truncate:0.5")
     rows = [r for r in corpus_rows(corpus) if r.folder == "ia-batch2"]
-    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
-    assert results["ia-batch2/alpha.mp4"].ok and results["ia-batch2/alpha.mp4"].attempts == 2
+    results = run(ArchiveClipSource(template(loopback), keep_archives=keep_archives, **FAST), rows, layout)
+    for row in rows:  # streamed: the extraction went on under the resumed body
+        res = results[row.src]
+        assert (res.attempts, res.http_status) == (2, 206)
+        if (corpus.root / row.src).exists():
+            assert res.ok and layout.clip_path(row.src).read_bytes() == (corpus.root / row.src).read_bytes()
+        else:
+            assert res.reason == "missing-from-archive"
     recs = loopback.records(rel)
     assert [(r.range, r.status) for r in recs] == [(None, 200), (f"bytes={size // 2}-", 206)]
     assert not (layout.archives_dir / "ia-batch2.tar.gz.part").exists()
+    assert layout.archives_dir.exists() == keep_archives
+    assert stray_files(layout.clips_dir) == []
+
+
+def _stream_all(stream: ArchiveStream, step: int = 1000) -> bytes:
+    out = bytearray()
+    while chunk := stream.read(step):
+        out += chunk
+    return bytes(out)
+
+
+def test_a_streamed_archive_resumes_at_the_byte_reached_or_reads_past_a_200(loopback: LoopbackServer) -> None:
+    whole = os.urandom(300_000)
+    loopback.put("archives/a.tar.gz", whole)
+    url = loopback.base_url + "/archives/a.tar.gz"
+    with HttpClient(max_attempts=3, **FAST) as client:
+        # Cut at 30 %; the resume answered with the whole body (a fault answers 200) and cut at 60 %; then a 206.
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3", "truncate:0.6")
+        stream = ArchiveStream(client, url)
+        assert _stream_all(stream) == whole and (stream.requests, stream.http_status, stream.offset) == (3, 206, len(whole))
+        recs = loopback.records()
+        assert [(r.range, r.status) for r in recs] == [(None, 200), ("bytes=90000-", 200), ("bytes=180000-", 206)]
+        assert recs[0].header("If-Range") is None
+        assert recs[1].header("If-Range") == recs[2].header("If-Range") and (recs[1].header("If-Range") or "").startswith('"')
+
+        loopback.reset_log()
+        loopback.honor_range = False  # Range ignored: the 200's first 90,000 bytes are skipped
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3")
+        assert _stream_all(ArchiveStream(client, url)) == whole
+        assert [(r.range, r.status) for r in loopback.records()] == [(None, 200), ("bytes=90000-", 200)]
+
+
+def test_a_streamed_archive_that_changes_or_fails_for_good_gives_up(loopback: LoopbackServer) -> None:
+    loopback.put("archives/a.tar.gz", os.urandom(300_000))
+    url = loopback.base_url + "/archives/a.tar.gz"
+    with HttpClient(max_attempts=3, **FAST) as client:
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3")
+        stream = ArchiveStream(client, url)
+        assert len(stream.read(1000)) == 1000  # the headers and the first 30 % are on their way
+        loopback.put("archives/a.tar.gz", os.urandom(300_001))  # another ETag: If-Range gets the new whole
+        with pytest.raises(StreamFailed, match="changed-while-downloading"):
+            _stream_all(stream)
+        assert [r.status for r in loopback.records()] == [200, 200]
+
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3", "truncate:0.3", "truncate:0.3", "truncate:0.3")
+        stream = ArchiveStream(client, url)
+        with pytest.raises(StreamFailed) as failed:
+            _stream_all(stream)
+        attempt = failed.value.attempt
+        assert attempt.failure is not None and attempt.failure.transient and attempt.requests == 3
+        assert stream.offset < 300_001
+
+
+def test_a_streamed_archive_cut_short_for_good_writes_nothing_and_the_next_run_starts_over(
+    corpus: Corpus, loopback: LoopbackServer, layout: Layout
+) -> None:
+    archives = serve_archives(loopback, corpus)
+    rel = "archives/yfcc-batch1.tar.gz"
+    loopback.set_fault(rel, "truncate:0.6")
+    rows = [r for r in corpus_rows(corpus) if r.folder == "yfcc-batch1"]
+    results = run(ArchiveClipSource(template(loopback), max_attempts=1, **FAST), rows, layout)
+    assert all(not r.ok and r.transient and r.reason.startswith("archive-short-body") and r.attempts == 1 for r in results.values())
+    assert not layout.archives_dir.exists()
+    assert not layout.clips_dir.exists() or not any(p.is_file() for p in layout.clips_dir.rglob("*"))
+    loopback.reset_log()
+    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
+    assert all(r.ok for r in results.values())
+    assert [(r.range, r.status) for r in loopback.records(rel)] == [(None, 200)]
+    assert archives  # served
 
 
 def test_server_ignoring_range_restarts_from_zero(corpus: Corpus, loopback: LoopbackServer, layout: Layout) -> None:
@@ -265,7 +356,7 @@ def test_a_trickling_archive_is_abandoned_and_its_part_kept(corpus: Corpus, loop
     loopback.set_fault("archives/yfcc-batch1.tar.gz", Fault.slow(delay_s=0.05, chunk_size=1024))
     rows = [r for r in corpus_rows(corpus) if r.folder == "yfcc-batch1"]
     fast = {**FAST, "timeout_s": 0.3, "min_rate_bytes_s": 1 << 20}
-    results = run(ArchiveClipSource(template(loopback), **fast), rows, layout)
+    results = run(ArchiveClipSource(template(loopback), keep_archives=True, **fast), rows, layout)
     assert all(not r.ok and r.transient and r.reason.startswith("archive-too-slow") for r in results.values()), results
     assert loopback.count() == 1
     have = (layout.archives_dir / "yfcc-batch1.tar.gz.part").stat().st_size
@@ -419,9 +510,10 @@ def test_a_broken_tar_in_a_valid_gzip_keeps_what_came_before_and_fails_the_rest_
     assert stray_files(layout.clips_dir) == []
 
 
+@pytest.mark.parametrize("keep_archives", [False, True])
 @pytest.mark.parametrize("damage", ["truncated", "bad-crc", "not-gzip"])
 def test_corrupt_archive_fails_transiently_writes_nothing_and_is_deleted(
-    corpus: Corpus, loopback: LoopbackServer, layout: Layout, damage: str
+    corpus: Corpus, loopback: LoopbackServer, layout: Layout, damage: str, keep_archives: bool
 ) -> None:
     archives = serve_archives(loopback, corpus)
     path = archives["yfcc-batch1"]
@@ -434,9 +526,10 @@ def test_corrupt_archive_fails_transiently_writes_nothing_and_is_deleted(
         data = bytearray(b"<html>not an archive</html>" * 20)
     path.write_bytes(bytes(data))
     rows = [r for r in corpus_rows(corpus) if r.folder == "yfcc-batch1"]
-    results = run(ArchiveClipSource(template(loopback), **FAST), rows, layout)
+    results = run(ArchiveClipSource(template(loopback), keep_archives=keep_archives, **FAST), rows, layout)
     assert all(not r.ok and r.transient and r.reason.startswith("archive-corrupt") for r in results.values()), results
     assert not (layout.archives_dir / "yfcc-batch1.tar.gz").exists()
+    assert layout.archives_dir.exists() == keep_archives  # downloaded, then deleted; or never on disk
     assert not layout.clips_dir.exists() or not any(p.is_file() for p in layout.clips_dir.rglob("*"))
 
 

@@ -185,12 +185,14 @@ class HttpClient:
             failure = out.failure
             if out.ok or failure is None or not failure.transient or not failure.retryable:
                 break
-            if i == self.max_attempts - 1:
-                break
-            if self._closed.wait(self.retry_delay(i, out.retry_after_s)):
+            if i == self.max_attempts - 1 or not self.wait_to_retry(i, out.retry_after_s):
                 break
         assert out is not None
         return out, total
+
+    def wait_to_retry(self, attempt: int, retry_after_s: float | None) -> bool:
+        """Wait before attempt ``attempt + 1`` (see :meth:`retry_delay`); False if the client was closed meanwhile."""
+        return not self._closed.wait(self.retry_delay(attempt, retry_after_s))
 
     def too_slow(self, written: int, elapsed_s: float) -> FetchFailure | None:
         """The minimum-rate rule: a transient failure, not retried in-fetch (it would trickle again)."""

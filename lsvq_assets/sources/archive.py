@@ -3,32 +3,40 @@
 ``https://huggingface.co/datasets/teowu/LSVQ-videos/resolve/main/<folder>.tar.gz`` extracts to
 ``<folder>/<stem>.mp4``; there are no per-clip files. For each folder among the rows to fetch:
 
-* **download** to ``<archives_dir>/<folder>.tar.gz`` through ``<folder>.tar.gz.part``, with one GET
-  when nothing fails (no HEAD), through the shared :class:`~lsvq_assets.net.client.HttpClient`
-  (redirects re-checked, retries with backoff or Retry-After, timeouts, minimum rate). An
-  interrupted download is resumed with ``Range: bytes=<part size>-`` (and ``If-Range`` when this
-  process saw the archive's strong ETag): a 206 whose Content-Range starts there is appended; a 200
-  (Range ignored) starts over from zero; a 416 or a Content-Range that does not start there discards
-  the part and asks again without Range (a 416 saying the part already is the whole file just
-  completes it). The archive is accepted only when its length equals the length declared
-  (Content-Length, or the Content-Range total); otherwise the failure is transient and the ``.part``
-  is kept for the next attempt or run. When the archive cannot be had, every clip of the folder gets
-  that failure (``archive-http-404`` is permanent for each, a timeout transient...). A 401 or 403 is
-  not a property of the clips: transient for each, with a hint about ``HF_TOKEN``. An archive
-  already complete on disk (``--keep-archives``, or a run that stopped after its download) is used
-  without any request.
+* **stream** (the default): the archive is extracted as it arrives, through an
+  :class:`~lsvq_assets.sources.archive_download.ArchiveStream` over the shared
+  :class:`~lsvq_assets.net.client.HttpClient` (redirects re-checked, retries with backoff or
+  Retry-After, timeouts, minimum rate): one GET when nothing fails (no HEAD), and the archive never
+  written to disk (half the disk writes of download-then-extract, and no archive-sized space). A body
+  cut short is resumed within the run with ``Range: bytes=<bytes read>-`` (and ``If-Range``), under
+  the extraction, which goes on. A run that stops mid-archive leaves nothing of it: the next run
+  starts that archive over.
+* **download, then extract**, with ``keep_archives``, or when an archive or a ``.part`` of it is
+  already in ``<archives_dir>`` (an earlier run's): to ``<archives_dir>/<folder>.tar.gz`` through
+  ``<folder>.tar.gz.part``. An interrupted download is resumed, also by a later run, with
+  ``Range: bytes=<part size>-`` (and ``If-Range`` when this process saw the archive's strong ETag): a
+  206 whose Content-Range starts there is appended; a 200 (Range ignored) starts over from zero; a
+  416 or a Content-Range that does not start there discards the part and asks again without Range
+  (a 416 saying the part already is the whole file just completes it). An archive already complete
+  on disk is used without any request.
+* Either way the archive is accepted only when its length equals the length declared
+  (Content-Length, or the Content-Range total); otherwise the failure is transient. When the archive
+  cannot be had, every clip of the folder gets that failure (``archive-http-404`` is permanent for
+  each, a timeout transient...). A 401 or 403 is not a property of the clips: transient for each,
+  with a hint about ``HF_TOKEN``.
 * **token**: ``token`` goes as ``Authorization: Bearer`` to the template's host and port only, over
   https (or to a loopback host), never on a redirect elsewhere (the mirror's CDN); never logged.
 * **extract** with :func:`lsvq_assets.sources.extract.extract_members` (one streaming pass, bounded
-  memory, nothing outside the clips directory, links and devices refused). A corrupt archive fails
-  the folder's clips transiently and is deleted (the next run downloads it again).
-* ``after_success`` deletes the folder's archive unless ``keep_archives``. A big folder split into
-  sub-slices (``<folder>~2``...) therefore downloads its archive once per sub-slice; pass
+  memory, nothing outside the clips directory, links and devices refused; nothing renamed into place
+  before the whole gzip stream checked out). A corrupt archive fails the folder's clips transiently
+  (one on disk is deleted): the next run fetches it again.
+* ``after_success`` deletes the folder's archive (if on disk) unless ``keep_archives``. A big folder
+  split into sub-slices (``<folder>~2``...) therefore fetches its archive once per sub-slice; pass
   ``--keep-archives`` to download it once (and delete ``<lsvq-dir>/archives`` yourself afterwards).
 
-Downloads and extractions of one folder hold an exclusive ``flock`` on ``.<folder>.tar.gz.lock`` in
-the archives directory (deleted with the archive), so sub-slices of a folder run by parallel
-processes never write the same ``.part`` at once.
+Downloads and extractions of an archive on disk hold an exclusive ``flock`` on
+``.<folder>.tar.gz.lock`` in the archives directory (deleted with the archive), so sub-slices of a
+folder run by parallel processes never write the same ``.part`` at once.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
 from urllib.parse import quote
 
 from lsvq_assets.core.errors import UserError
@@ -45,11 +54,14 @@ from lsvq_assets.core.layout import Layout
 from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.urls import check_url
 from lsvq_assets.net.auth import Bearer
-from lsvq_assets.net.client import HttpClient
+from lsvq_assets.net.client import Attempt, HttpClient
 from lsvq_assets.net.errors import AUTH_STATUSES, disk_failure
-from lsvq_assets.sources.archive_download import download, folder_lock, lock_path, part_path, unlink
+from lsvq_assets.sources.archive_download import ArchiveStream, StreamFailed, download, folder_lock, lock_path, part_path, unlink
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
-from lsvq_assets.sources.extract import CorruptArchive, extract_members
+from lsvq_assets.sources.extract import CorruptArchive, MemberResult, extract_members
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +101,18 @@ def _clips_already_there(wanted: dict[str, Path]) -> int:
         except OSError:
             continue
     return found
+
+
+class _Failed(NamedTuple):
+    """A folder whose clips all fail alike."""
+
+    reason: str
+    transient: bool
+    status: int | None
+    requests: int
+
+
+_Extracted = tuple[dict[str, MemberResult], int | None, int]  # per member; the HTTP status; requests made
 
 
 class ArchiveClipSource(ClipSource):
@@ -203,39 +227,76 @@ class ArchiveClipSource(ClipSource):
             except ValueError:
                 wanted[row.src] = layout.clips_dir / row.src  # refused by extract_members if in the archive
         archive = self._archives_dir(layout) / archive_file_name(folder)
-        status, attempts = None, 0
-        with folder_lock(archive):
-            if not archive.is_file():
-                if earlier := _clips_already_there(wanted):
-                    log.info(
-                        "archive %s is fetched again because %d new member(s) are needed "
-                        "(%d clip(s) of the folder came from it before; --keep-archives keeps archives)",
-                        archive.name,
-                        len(rows),
-                        earlier,
-                    )
-                dl, attempts = download(self.http, url, archive, self._validators)
-                status = dl.http_status
-                if not dl.ok:
-                    assert dl.failure is not None
-                    reason = f"archive-{dl.failure.reason}"
-                    if status in AUTH_STATUSES and dl.failure.reason == f"http-{status}":
-                        reason = f"{reason}: {AUTH_HINT_WITH_TOKEN if self._token else AUTH_HINT}"
-                        log.warning("archive %s: http %d: %s", archive.name, status, reason.split(": ", 1)[1])
-                    fail_all(reason, dl.failure.transient, status, attempts)
-                    return
-                log.info("archive %s: %d bytes in %d request(s)", archive.name, archive.stat().st_size, attempts)
-            try:
-                with open(archive, "rb") as fh:
-                    results = extract_members(fh, wanted, layout.clips_dir, max_member_bytes=self.max_member_bytes, label=archive.name)
-            except CorruptArchive as exc:
-                log.warning("archive %s is corrupt (%s): deleted, it will be downloaded again", archive, exc)
-                unlink(archive)
-                fail_all(f"archive-corrupt: {exc}"[:300], True, status, attempts)
-                return
-            except OSError as exc:
-                fail_all(disk_failure(exc).reason, True, status, attempts)
-                return
+        if self.keep_archives or archive.exists() or part_path(archive).exists():
+            got = self._from_disk(url, archive, wanted, layout)
+        else:
+            got = self._streamed(url, archive.name, wanted, layout)
+        if isinstance(got, _Failed):
+            fail_all(got.reason, got.transient, got.status, got.requests)
+            return
+        results, status, attempts = got
         for row in rows:
             res = results[row.src]
             report(ClipResult(row.src, res.ok, res.sha256, res.size, status, res.reason, False, attempts))
+
+    def _streamed(self, url: str, name: str, wanted: dict[str, Path], layout: Layout) -> _Extracted | _Failed:
+        """Extract while downloading: the archive never touches the disk."""
+        self._log_fetched_again(name, wanted)
+        stream = ArchiveStream(self.http, url)
+        try:
+            results = self._extract(stream, wanted, layout, name)
+        except StreamFailed as exc:
+            return self._download_failed(name, exc.attempt)
+        except CorruptArchive as exc:
+            log.warning("archive %s is corrupt (%s): its clips are fetched again in the next run", name, exc)
+            return _Failed(f"archive-corrupt: {exc}"[:300], True, stream.http_status, stream.requests)
+        except OSError as exc:
+            return _Failed(disk_failure(exc).reason, True, stream.http_status, stream.requests)
+        finally:
+            stream.close()
+        log.info("archive %s: %d bytes extracted as they arrived, in %d request(s)", name, stream.offset, stream.requests)
+        return results, stream.http_status, stream.requests
+
+    def _from_disk(self, url: str, archive: Path, wanted: dict[str, Path], layout: Layout) -> _Extracted | _Failed:
+        """Download the archive to disk (resumable in a later run), then extract it; a kept or partial archive is used."""
+        status, attempts = None, 0
+        with folder_lock(archive):
+            if not archive.is_file():
+                self._log_fetched_again(archive.name, wanted)
+                dl, attempts = download(self.http, url, archive, self._validators)
+                status = dl.http_status
+                if not dl.ok:
+                    return self._download_failed(archive.name, dl)
+                log.info("archive %s: %d bytes in %d request(s)", archive.name, archive.stat().st_size, attempts)
+            try:
+                with open(archive, "rb") as fh:
+                    results = self._extract(fh, wanted, layout, archive.name)
+            except CorruptArchive as exc:
+                log.warning("archive %s is corrupt (%s): deleted, it will be downloaded again", archive, exc)
+                unlink(archive)
+                return _Failed(f"archive-corrupt: {exc}"[:300], True, status, attempts)
+            except OSError as exc:
+                return _Failed(disk_failure(exc).reason, True, status, attempts)
+        return results, status, attempts
+
+    def _extract(self, fh: SupportsRead[bytes], wanted: dict[str, Path], layout: Layout, name: str) -> dict[str, MemberResult]:
+        return extract_members(fh, wanted, layout.clips_dir, max_member_bytes=self.max_member_bytes, label=name)
+
+    def _download_failed(self, name: str, attempt: Attempt) -> _Failed:
+        assert attempt.failure is not None
+        reason, status = f"archive-{attempt.failure.reason}", attempt.http_status
+        if status in AUTH_STATUSES and attempt.failure.reason == f"http-{status}":
+            reason = f"{reason}: {AUTH_HINT_WITH_TOKEN if self._token else AUTH_HINT}"
+            log.warning("archive %s: http %d: %s", name, status, reason.split(": ", 1)[1])
+        return _Failed(reason, attempt.failure.transient, status, attempt.requests)
+
+    @staticmethod
+    def _log_fetched_again(name: str, wanted: dict[str, Path]) -> None:
+        if earlier := _clips_already_there(wanted):
+            log.info(
+                "archive %s is fetched again because %d new member(s) are needed "
+                "(%d clip(s) of the folder came from it before; --keep-archives keeps archives)",
+                name,
+                len(wanted),
+                earlier,
+            )

@@ -1,10 +1,15 @@
-"""Bringing one folder archive to disk, resumably, through the shared HTTP client.
+"""Bringing one folder archive, resumably, through the shared HTTP client: as a stream, or to disk.
 
-:func:`download` makes the archive whole at ``<archive>`` through ``<archive>.part``: a fresh GET,
-or ``Range: bytes=<part size>-`` (plus ``If-Range`` with the strong ETag this process saw) to resume.
+* :class:`ArchiveStream` is the archive's body as it arrives, for extracting while downloading (no
+  copy of the archive on disk): a body cut short is resumed within the run with
+  ``Range: bytes=<bytes read>-`` (and ``If-Range``), under the reader that goes on unaware.
+* :func:`download` makes the archive whole at ``<archive>`` through ``<archive>.part``: a fresh GET,
+  or ``Range: bytes=<part size>-`` (plus ``If-Range`` with the strong ETag this process saw) to
+  resume, also in a later run. :func:`folder_lock` is the per-archive ``flock`` that keeps parallel
+  processes off the same ``.part``.
+
 The client does the redirects, the retries (backoff, Retry-After), the timeouts and the rate rule;
-this module only interprets 200/206/416 and the lengths. :func:`folder_lock` is the per-archive
-``flock`` that keeps parallel processes off the same ``.part``.
+this module only interprets 200/206/416 and the lengths.
 """
 
 from __future__ import annotations
@@ -13,14 +18,16 @@ import contextlib
 import logging
 import os
 import re
+import time
 from collections.abc import Iterator, MutableMapping
 from pathlib import Path
+from typing import NoReturn
 
 import requests
 
 from lsvq_assets.net.client import Attempt, HttpClient
 from lsvq_assets.net.errors import NETWORK_ERRORS, FetchFailure, classify_network_error, disk_failure, status_failure
-from lsvq_assets.net.stream import append_to_file
+from lsvq_assets.net.stream import CHUNK_SIZE, append_to_file
 
 try:
     import fcntl
@@ -29,7 +36,7 @@ except ImportError:  # pragma: no cover - not POSIX: no cross-process lock
 
 log = logging.getLogger("lsvq_assets.sources.archive")
 
-__all__ = ["download", "folder_lock", "lock_path", "part_path", "unlink"]
+__all__ = ["ArchiveStream", "StreamFailed", "download", "folder_lock", "lock_path", "part_path", "unlink"]
 
 _CONTENT_RANGE = re.compile(r"\s*bytes\s+(\d+)\s*-\s*(\d+)\s*/\s*(\d+|\*)\s*", re.IGNORECASE)
 _UNSATISFIED_RANGE = re.compile(r"\s*bytes\s+\*\s*/\s*(\d+)\s*", re.IGNORECASE)
@@ -174,3 +181,134 @@ def _finish(part: Path, archive: Path, size: int, n_requests: int, status: int |
     except OSError as exc:
         return Attempt(False, n_requests, status, disk_failure(exc))
     return Attempt(True, n_requests, status, size=size)
+
+
+# --------------------------------------------------------------------------- as a stream
+
+
+class StreamFailed(Exception):
+    """:class:`ArchiveStream` gave up: ``attempt`` is the failure that ended it (with every request made)."""
+
+    def __init__(self, attempt: Attempt) -> None:
+        assert attempt.failure is not None
+        super().__init__(attempt.failure.reason)
+        self.attempt = attempt
+
+
+def _strong_etag(resp: requests.Response) -> str | None:
+    etag = resp.headers.get("ETag", "").strip()
+    return etag if etag.startswith('"') else None  # If-Range refuses weak validators
+
+
+class ArchiveStream:
+    """An archive's body as it arrives: a read-only file object for the extraction to pull from.
+
+    One GET with no ``Range``. A failure after some bytes (a reset, a body cut short, a read timeout)
+    or before any is retried as a download is (backoff or Retry-After, ``max_attempts`` in all):
+    the next request asks ``Range: bytes=<bytes read>-`` with ``If-Range`` (the first answer's strong
+    ETag) and the reader above (gunzip, tar, the member being written) goes on where it was. A 200
+    to such a request (Range not supported) is read past the bytes already had; one from an archive
+    that changed (another ETag or length) cannot go on. Reading ends, with ``b""``, only at the
+    declared length: a body that ends short of it is a failure, bytes beyond it are never read.
+    When it cannot go on, :meth:`read` raises :class:`StreamFailed` (the response closed);
+    :meth:`close` closes the response the reader left open.
+    """
+
+    def __init__(self, client: HttpClient, url: str) -> None:
+        self._client, self._url = client, url
+        self.offset = 0  # archive bytes handed to the reader
+        self.total: int | None = None  # the archive's length, once declared
+        self.requests = 0
+        self.http_status: int | None = None  # the last answer's status
+        self._etag: str | None = None
+        self._resp: requests.Response | None = None
+        self._failures = 0
+        self._skip = 0  # bytes of a 200 answering a resume that the reader already had
+        self._got, self._since = 0, 0.0  # this answer's bytes and start: the rate rule
+
+    def read(self, n: int = CHUNK_SIZE) -> bytes:
+        want = CHUNK_SIZE if n is None or n <= 0 else min(n, CHUNK_SIZE)
+        while True:
+            resp = self._resp or self._open()
+            if resp is None:
+                continue  # failed, and waited to try again
+            try:
+                # read1: whatever has arrived, so a trickle is noticed while it trickles
+                data = resp.raw.read1(want, decode_content=False)
+            except NETWORK_ERRORS as exc:
+                self._failed(classify_network_error(exc, self.offset, self.total))
+                continue
+            if not data:
+                if self.total is not None and self.offset < self.total:
+                    self._failed(FetchFailure(f"short-body: have {self.offset} of {self.total} bytes", True, True))
+                    continue
+                self.close()
+                return b""
+            self._got += len(data)
+            if (slow := self._client.too_slow(self._got, time.monotonic() - self._since)) is not None:
+                self._give_up(slow)  # not retried: it would trickle again
+            if self._skip:
+                drop = min(self._skip, len(data))
+                self._skip -= drop
+                data = data[drop:]
+                if not data:
+                    continue
+            self.offset += len(data)
+            return data
+
+    def close(self) -> None:
+        if self._resp is not None:
+            self._resp.close()
+            self._resp = None
+
+    def _failed(self, failure: FetchFailure, retry_after_s: float | None = None) -> None:
+        """Count a failed attempt and wait to try again, or raise :class:`StreamFailed`."""
+        self.close()
+        self._failures += 1
+        if (
+            not (failure.transient and failure.retryable)
+            or self._failures >= self._client.max_attempts
+            or not self._client.wait_to_retry(self._failures - 1, retry_after_s)
+        ):
+            self._give_up(failure, retry_after_s)
+
+    def _give_up(self, failure: FetchFailure, retry_after_s: float | None = None) -> NoReturn:
+        self.close()
+        raise StreamFailed(Attempt(False, self.requests, self.http_status, failure, retry_after_s))
+
+    def _open(self) -> requests.Response | None:
+        headers = {}
+        if self.offset:
+            headers["Range"] = f"bytes={self.offset}-"
+            if self._etag:
+                headers["If-Range"] = self._etag
+        opened = self._client.open(self._url, headers, accept=(200, 206) if self.offset else (200,))
+        self.requests += opened.requests
+        self.http_status = opened.http_status
+        resp = opened.response
+        if resp is None:
+            assert opened.failure is not None
+            self._failed(opened.failure, opened.retry_after_s)
+            return None
+        self._resp = resp
+        status, clen = opened.http_status, resp.raw.length_remaining
+        if status == 206:
+            m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+            if not m or int(m.group(1)) != self.offset:
+                self._give_up(FetchFailure(f"bad-range-answer: http-{status}", True, False))
+            declared = None if m.group(3) == "*" else int(m.group(3))
+        else:  # 200: the first answer, or a server that ignored Range (or whose archive changed)
+            etag = _strong_etag(resp)
+            if self.offset and self._etag and etag != self._etag:
+                self._give_up(FetchFailure("changed-while-downloading", True, False))
+            self._etag = self._etag or etag
+            self._skip = self.offset
+            declared = clen
+        if self.total is None:
+            if declared == 0:
+                self._give_up(FetchFailure("empty-body", False, False))
+            self.total = declared
+        elif declared is not None and declared != self.total:
+            self._give_up(FetchFailure(f"changed-while-downloading: {declared} bytes, not {self.total}", True, False))
+        self._got, self._since = 0, time.monotonic()
+        return resp

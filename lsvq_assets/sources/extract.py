@@ -27,11 +27,14 @@ import tarfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from lsvq_assets.core.files import sync_files, temp_beside
 from lsvq_assets.net.stream import CHUNK_SIZE, write_all
 from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ def _write_member(member: BinaryIO, dest: Path, expected: int, made: set[Path]) 
 
 
 def extract_members(
-    fileobj: BinaryIO,
+    fileobj: SupportsRead[bytes],
     wanted: Mapping[str, Path],
     clips_root: Path,
     *,

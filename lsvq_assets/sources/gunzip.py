@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import zlib
-from typing import BinaryIO
+from typing import TYPE_CHECKING
 
 from lsvq_assets.net.stream import CHUNK_SIZE
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsRead
 
 __all__ = ["CorruptArchive", "Gunzip"]
 
@@ -24,7 +27,7 @@ class Gunzip:
     :class:`CorruptArchive`. At most ``out_max`` decompressed bytes are held at once (no gzip bomb).
     """
 
-    def __init__(self, raw: BinaryIO, in_chunk: int = CHUNK_SIZE, out_max: int = CHUNK_SIZE) -> None:
+    def __init__(self, raw: SupportsRead[bytes], in_chunk: int = CHUNK_SIZE, out_max: int = CHUNK_SIZE) -> None:
         self._raw, self._in, self._out_max = raw, in_chunk, out_max
         self._d = zlib.decompressobj(_GZIP_WBITS)
         self._buf = b""
