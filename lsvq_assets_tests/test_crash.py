@@ -14,6 +14,8 @@ appearing (assembly), plus one kill at a random moment.
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
 import os
 import random
@@ -21,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import textwrap
 import time
 from pathlib import Path
@@ -331,3 +334,46 @@ def test_sync_files_flushes_each_filesystem_once_and_falls_back_to_fsync(tmp_pat
     assert len(fsynced) == 5
     with pytest.raises(FileNotFoundError):
         files.sync_files([tmp_path / "gone.part"])
+
+
+def test_a_big_file_is_handed_to_the_disk_while_it_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writeback: every 8 MiB and at the end of a file of 1 MiB or more, the kernel is asked to
+    start writing (sync_file_range, the real call); small files are left to the flush of many."""
+    from lsvq_assets.core import files
+    from lsvq_assets.sources.extract import extract_members
+
+    real = files._SYNC_FILE_RANGE
+    if real is None:
+        pytest.skip("no sync_file_range in this libc (not Linux): writeback is left to the flush")
+    calls: list[tuple[int, int]] = []
+
+    def recorded(fd: int, offset: int, nbytes: int, flags: int) -> int:
+        calls.append((fd, os.fstat(fd).st_size))
+        rc = real(fd, offset, nbytes, flags)
+        assert rc == 0, os.strerror(ctypes.get_errno())
+        return rc
+
+    monkeypatch.setattr(files, "_SYNC_FILE_RANGE", recorded)
+    chunk = b"v" * (1 << 20)
+    with open(tmp_path / "big", "wb") as fh:
+        wb = files.Writeback(fh.fileno())
+        for _ in range(20):  # 20 MiB: at 8 and 16 MiB, then the rest at the end
+            fh.write(chunk)
+            fh.flush()
+            wb.wrote(len(chunk))
+        wb.end()
+        wb.end()  # nothing new: no second call
+    assert [size >> 20 for _, size in calls] == [8, 16, 20]
+
+    calls.clear()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for name, size in (("f/small.mp4", 900_000), ("f/big.mp4", 3 << 20)):
+            info = tarfile.TarInfo(name)
+            info.size = size
+            tar.addfile(info, io.BytesIO(os.urandom(size)))
+    buf.seek(0)
+    clips = tmp_path / "clips"
+    out = extract_members(buf, {"f/small.mp4": clips / "f/small.mp4", "f/big.mp4": clips / "f/big.mp4"}, clips)
+    assert all(r.ok for r in out.values())
+    assert [size for _, size in calls] == [3 << 20]  # the 3 MiB member, once written; not the 0.9 MB one

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 import urllib3
 
-from lsvq_assets.core.files import temp_beside
+from lsvq_assets.core.files import Writeback, temp_beside
 from lsvq_assets.net.client import Attempt, HttpClient
 from lsvq_assets.net.errors import NETWORK_ERRORS, FetchFailure, classify_network_error, disk_failure
 
@@ -142,6 +142,7 @@ def stream_to_file(client: HttpClient, resp: requests.Response, dest: Path, n_re
     hasher = hashlib.sha256()
     body_started = time.monotonic()
     written = 0
+    writeback = Writeback(fd)  # a big clip is on disk by its fsync
     done = False
     try:
         while True:
@@ -175,6 +176,7 @@ def stream_to_file(client: HttpClient, resp: requests.Response, dest: Path, n_re
             hasher.update(data)
             try:
                 write_all(fd, data)
+                writeback.wrote(len(data))
             except OSError as exc:
                 return failed(disk_failure(exc))
             written += len(data)
@@ -219,6 +221,7 @@ def append_to_file(client: HttpClient, resp: requests.Response, part: Path, trun
     except OSError as exc:
         return 0, disk_failure(exc)
     written = 0
+    writeback = Writeback(fd)  # a big archive is on disk by its fsync
     started = time.monotonic()
     try:
         while True:
@@ -231,6 +234,7 @@ def append_to_file(client: HttpClient, resp: requests.Response, part: Path, trun
                 break
             try:
                 write_all(fd, data)
+                writeback.wrote(len(data))
             except OSError as exc:
                 return written, disk_failure(exc)
             written += len(data)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
 
-from lsvq_assets.core.files import sync_files, temp_beside
+from lsvq_assets.core.files import Writeback, sync_files, temp_beside
 from lsvq_assets.net.stream import CHUNK_SIZE, write_all
 from lsvq_assets.sources.gunzip import CorruptArchive, Gunzip
 
@@ -116,10 +116,13 @@ def _write_member(member: BinaryIO, dest: Path, expected: int, made: set[Path]) 
     try:
         h = hashlib.sha256()
         size = 0
+        writeback = Writeback(fd)
         while data := member.read(CHUNK_SIZE):
             h.update(data)
             write_all(fd, data)
             size += len(data)
+            writeback.wrote(len(data))
+        writeback.end()
         if size != expected:
             raise CorruptArchive(f"member {dest.name}: {size} of {expected} bytes")
         os.fchmod(fd, 0o644)
