@@ -35,7 +35,7 @@ from pathlib import Path
 
 from benchmarks import seed_baseline
 from benchmarks.corpus import Corpus, CorpusSpec, build_archives, build_big_clip, build_corpus
-from benchmarks.measure import run_measured
+from benchmarks.measure import RunDirs, run_measured
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
@@ -62,11 +62,12 @@ MAX_LOAD_WAIT_S = 300.0
 
 
 def settle() -> float:
-    """With --max-load: wait (up to MAX_LOAD_WAIT_S) for the 1-minute load average to drop under it.
+    """Write out what the run before left dirty; with --max-load, wait (up to MAX_LOAD_WAIT_S) for the 1-minute load average to drop under it.
 
     On a shared machine other work inflates every wall time measured here; the load average at
     the start of each measured run is recorded either way. Returns it.
     """
+    os.sync()  # what the run before left dirty is written out now, not during the next one
     load = os.getloadavg()[0]
     if MAX_LOAD is None or load < MAX_LOAD:
         return load
@@ -663,7 +664,7 @@ def plot(res: dict, path: Path) -> str | None:
 # --------------------------------------------------------------------------- main
 
 
-def run_interleaved(args: argparse.Namespace, work: Path, hash_rate: float, extra_conc: list[str], seed_ok: bool) -> dict:
+def run_interleaved(args: argparse.Namespace, work: Path, runs_dirs: RunDirs, hash_rate: float, extra_conc: list[str], seed_ok: bool) -> dict:
     """The first ``cap`` rows of a manifest whose rows cycle through ``folders`` folders: the seed and the CLI."""
     from lsvq_assets_tests.loopback import LoopbackServer
 
@@ -680,12 +681,12 @@ def run_interleaved(args: argparse.Namespace, work: Path, hash_rate: float, extr
             tpl = server.base_url + "/{name}{suffix}"
             if seed_ok and not args.no_baseline:
                 log(f"[{ms} ms, interleaved] seed baseline: {cap} of {spec.clips} rows over {spec.folders} folders ...")
-                entry["seed"] = run_seed(corpus, server.base_url, work / "run" / "il-seed", max_rows=cap)
+                entry["seed"] = run_seed(corpus, server.base_url, runs_dirs.new("il-seed"), max_rows=cap)
                 log(f"[{ms} ms, interleaved] seed: {entry['seed']['wall_s']:.1f}s ({entry['seed']['clips_per_s']:.1f} clips/s)")
             runs = []
             for i in range(args.repeat):
                 server.reset_log()
-                r = run_project(corpus, work / "run" / "il-project", ["--clip-url-template", tpl, *extra_conc], hash_rate, max_rows=cap)
+                r = run_project(corpus, runs_dirs.new("il-project"), ["--clip-url-template", tpl, *extra_conc], hash_rate, max_rows=cap)
                 r["clip_requests"] = server.count()
                 r["rows_written"] = r["rows"]
                 log(f"[{ms} ms, interleaved] project run {i + 1}/{args.repeat}: {r['wall_s']:.2f}s ({r['clips_per_s']:.0f} clips/s, "
@@ -797,6 +798,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"archive source skipped: {arc_why}")
         res["archive_skipped"] = f"skipped: {arc_why}"
     archives = build_archives(corpus, work / "archives" / spec.key, log) if arc_ok and corpus else None
+    runs_dirs = RunDirs(work / "run")  # each run in a directory of its own (see RunDirs)
 
     for ms in args.latency_ms if one_folder else []:
         entry: dict = {}
@@ -804,7 +806,7 @@ def main(argv: list[str] | None = None) -> int:
             tpl = server.base_url + "/{name}{suffix}"
             if tools_ok and not args.no_baseline:
                 log(f"[{ms} ms] seed baseline: {len(corpus.names)} clips, one curl + one ffprobe each ...")
-                entry["seed"] = run_seed(corpus, server.base_url, work / "run" / "seed")
+                entry["seed"] = run_seed(corpus, server.base_url, runs_dirs.new("seed"))
                 log(f"[{ms} ms] seed: {entry['seed']['wall_s']:.1f}s ({entry['seed']['clips_per_s']:.1f} clips/s)")
             variants = {"project": (extra_conc, False, False)}
             if args.tuned_concurrency:
@@ -812,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
             for name, (extra, tuned, gc_freeze) in variants.items():
                 runs = []
                 for i in range(args.repeat):
-                    r = run_project(corpus, work / "run" / name, ["--clip-url-template", tpl, *extra], hash_rate, tuned, gc_freeze)
+                    r = run_project(corpus, runs_dirs.new(name), ["--clip-url-template", tpl, *extra], hash_rate, tuned, gc_freeze)
                     log(f"[{ms} ms] {name} run {i + 1}/{args.repeat}: {r['wall_s']:.2f}s ({r['clips_per_s']:.0f} clips/s, "
                         f"CPU {r['cpu_s']:.1f}s), Dagster {r['dagster_overhead_slice_s']:.2f}s = "
                         f"{r['dagster_overhead_slice_pct']:.1f}% of the slice run, peak RSS {r['peak_rss_mb']:.0f} MB, load {r['load_avg']:.1f}")
@@ -828,7 +830,7 @@ def main(argv: list[str] | None = None) -> int:
         if archives is not None:
             with LoopbackServer(archives, latency_s=ms / 1000) as server:
                 extra = ["--source", "archive", "--archive-url-template", server.base_url + "/{folder}.tar.gz", *extra_conc]
-                arcs = [run_project(corpus, work / "run" / "archive", extra, hash_rate) for _ in range(args.repeat)]
+                arcs = [run_project(corpus, runs_dirs.new("archive"), extra, hash_rate) for _ in range(args.repeat)]
             arc = median_run(arcs)
             ok, why = rows_agree(entry["project"]["_rows"], arc["_rows"])
             arc["vs_url"] = arc["wall_s"] / entry["project"]["wall_s"]
@@ -842,19 +844,19 @@ def main(argv: list[str] | None = None) -> int:
         res["latency"][str(ms)] = entry
 
     if "interleaved" in args.cases:
-        res["interleaved"] = run_interleaved(args, work, hash_rate, extra_conc, tools_ok)
-    res["startup"] = startup_costs(work / "run" / "startup")
+        res["interleaved"] = run_interleaved(args, work, runs_dirs, hash_rate, extra_conc, tools_ok)
+    res["startup"] = startup_costs(runs_dirs.new("startup"))
     if args.big_mib:
         big = build_big_clip(work / "corpus", args.big_mib << 20, log)
         with LoopbackServer(big.root) as server:
             log(f"memory case: one {args.big_mib} MiB clip through the CLI ...")
-            r = run_project(big, work / "run" / "big", ["--clip-url-template", server.base_url + "/{name}{suffix}"], hash_rate)
+            r = run_project(big, big_dir := runs_dirs.new("big"), ["--clip-url-template", server.base_url + "/{name}{suffix}"], hash_rate)
         r.pop("_rows", None)
         res["big_clip"] = r
-        shutil.rmtree(work / "run" / "big", ignore_errors=True)  # 1 GiB
+        shutil.rmtree(big_dir, ignore_errors=True)  # 1 GiB
     if args.manifest_rows:
         res["manifest"] = manifest_parse(work / "manifest", args.manifest_rows)
-    shutil.rmtree(work / "run", ignore_errors=True)  # working copies of the clips; the corpus stays cached
+    runs_dirs.remove(keep=False)  # working copies of the clips; the corpus stays cached
     res["load_avg_end"] = os.getloadavg()
     res["targets"] = evaluate(res)
     res["elapsed_s"] = time.time() - started

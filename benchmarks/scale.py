@@ -342,37 +342,10 @@ def _settle() -> None:
     os.sync()
 
 
-class _PhaseDirs:
-    """A new directory for each timed phase, all removed together once the benchmark is done.
-
-    Removing a phase's ~28,000 files just before the next phase creates as many made that phase
-    slow on ext4 and worse, at random: for a while after a deletion, the kernel's inode allocator
-    steps over every recently deleted inode (``recently_deleted`` in ``perf``), and creating a file
-    took ~0.9 ms instead of ~30 us. ``tar xzf`` of the replica took 12-25 s right after a removal
-    against 3.7 s otherwise, whichever phase came second paid for it, and the ratios moved by 2x.
-    Kept to the end, the phases need ``2 x --repeat`` times the replica's bytes of disk.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        # An earlier benchmark's directories (one cut short left its renamed ones): removed at the end too.
-        earlier = [p for p in (root, *root.parent.glob(f".old-*-{root.name}")) if p.is_dir()]
-        self.trash = [p if p.name.startswith(".old-") else p.rename(p.with_name(f".old-{time.time_ns()}-{p.name}")) for p in earlier]
-        self.n = 0
-
-    def new(self, name: str) -> Path:
-        self.n += 1
-        return self.root / f"{self.n:02d}-{name}"
-
-    def remove(self, keep: bool) -> None:
-        for p in self.trash + ([] if keep else [self.root]):
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def measure_floor(replica: Replica, work: Path) -> dict:
     """tar xzf every archive, then sha256 every file, then PyAV-probe every clip: one process, in turn.
 
-    The extracted files stay in ``work`` (see ``_PhaseDirs``)."""
+    The extracted files stay in ``work`` (see ``RunDirs``)."""
     if work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True)
@@ -784,8 +757,10 @@ def main(argv: list[str] | None = None) -> int:
         "replica": replica.meta,
         "load_avg_start": os.getloadavg(),
     }
+    from benchmarks.measure import RunDirs
+
     pairs = []
-    phases = _PhaseDirs(work / "scale-run")
+    phases = RunDirs(work / "scale-run")
     try:
         for i in range(args.repeat):  # floor, CLI, floor, CLI...: each CLI run against the floor measured just before it
             if args.repeat > 1:
