@@ -223,8 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         options = {"retry_failed": args.retry_failed, "verify": args.verify}
         argv_used = list(sys.argv[1:] if argv is None else argv)
         # Everything imported now lives for the whole run: keep the collector from walking it again
-        # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/).
+        # and again (measured: ~0.3 s a run, and ~0.5 s at exit, in benchmarks/). The command
+        # (__main__.command) imported it with the collector off: on again now, for the runs.
         gc.freeze()
+        if argv is None:
+            gc.enable()
         how = Invocation(args.log_level, options, argv_used, chosen=bool(args.partition), workers=args.partition_runs)
         return run_cli(config, plan, keys, how, wait=args.wait)
     except UserError as exc:

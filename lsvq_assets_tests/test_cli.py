@@ -432,3 +432,40 @@ def test_the_command_runs_without_pandas_or_numpy_and_a_caller_of_main_keeps_the
     from lsvq_assets.cli import _Hidden
 
     assert not any(isinstance(f, _Hidden) for f in sys.meta_path)  # main(argv) in this process: untouched
+
+
+def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path: Path) -> None:
+    """``python -m lsvq_assets`` and ``lsvq-to-corpus-jsonl`` import Dagster and the rest with Python's
+    cyclic collector off (it walked the import's objects again and again); the runs start with it on
+    again and the imports' objects frozen out of its way; a process calling main() keeps its own."""
+    labels = tmp_path / "labels.txt"
+    write_labels_txt(labels, labels_pairs(4))
+    args = ["--manifest-csv", str(labels), "--lsvq-dir", str(tmp_path / "w"), "--min-csv-rows", "1",
+            "--clip-url-template", "http://127.0.0.1:9/{name}{suffix}"]
+    code = (
+        "import gc, json, sys\n"
+        "import lsvq_assets.runner as runner\n"  # imported here, with the collector on: measured below
+        "seen = {}\n"
+        "def fake_run_cli(*a, **k):\n"
+        "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+        "    return 0\n"
+        "runner.run_cli = fake_run_cli\n"
+        "import lsvq_assets.__main__ as entry\n"
+        "gc.unfreeze()\n"
+        f"sys.argv = ['lsvq-to-corpus-jsonl', *{args!r}]\n"
+        "import lsvq_assets.cli as cli\n"
+        "build = cli.build_parser\n"
+        "def spy_build():\n"
+        "    seen['while_importing'] = gc.isenabled()\n"
+        "    return build()\n"
+        "cli.build_parser = spy_build\n"
+        "rc = entry.command()\n"
+        "print(json.dumps({**seen, 'rc': rc, 'after': gc.isenabled()}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_HOME"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["while_importing"] is False  # main() starts (and imports the resources) with it off
+    assert seen["enabled"] is True and seen["frozen"] > 50_000  # the runs: on, the imports' objects frozen
+    assert (seen["rc"], seen["after"]) == (0, True)
