@@ -447,7 +447,7 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
         "import lsvq_assets.runner as runner\n"  # imported here, with the collector on: measured below
         "seen = {}\n"
         "def fake_run_cli(*a, **k):\n"
-        "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count())\n"
+        "    seen.update(enabled=gc.isenabled(), frozen=gc.get_freeze_count(), full=gc.get_stats()[2]['collections'])\n"
         "    return 0\n"
         "runner.run_cli = fake_run_cli\n"
         "import lsvq_assets.__main__ as entry\n"
@@ -456,7 +456,7 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
         "import lsvq_assets.cli as cli\n"
         "build = cli.build_parser\n"
         "def spy_build():\n"
-        "    seen['while_importing'] = gc.isenabled()\n"
+        "    seen.update(while_importing=gc.isenabled(), full_before=gc.get_stats()[2]['collections'])\n"
         "    return build()\n"
         "cli.build_parser = spy_build\n"
         "rc = entry.command()\n"
@@ -468,4 +468,5 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["while_importing"] is False  # main() starts (and imports the resources) with it off
     assert seen["enabled"] is True and seen["frozen"] > 50_000  # the runs: on, the imports' objects frozen
+    assert seen["full"] - seen["full_before"] == 1  # their garbage collected once, not frozen with them
     assert (seen["rc"], seen["after"]) == (0, True)

@@ -246,11 +246,34 @@ def test_a_streamed_archive_resumes_at_the_byte_reached_or_reads_past_a_200(loop
         assert recs[0].header("If-Range") is None
         assert recs[1].header("If-Range") == recs[2].header("If-Range") and (recs[1].header("If-Range") or "").startswith('"')
 
+        # A 200 to the resume cut while its bytes already had are skipped, then a 206: nothing lost twice.
+        loopback.reset_log()
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3", "truncate:0.2")
+        assert _stream_all(ArchiveStream(client, url)) == whole
+        got = [(r.range, r.status) for r in loopback.records()]
+        assert got == [(None, 200), ("bytes=90000-", 200), ("bytes=90000-", 206)]
+
         loopback.reset_log()
         loopback.honor_range = False  # Range ignored: the 200's first 90,000 bytes are skipped
         loopback.set_fault("archives/a.tar.gz", "truncate:0.3")
         assert _stream_all(ArchiveStream(client, url)) == whole
         assert [(r.range, r.status) for r in loopback.records()] == [(None, 200), ("bytes=90000-", 200)]
+
+
+def test_a_streamed_archive_that_keeps_coming_is_not_given_up_after_max_attempts_cuts(loopback: LoopbackServer) -> None:
+    """Nothing of a streamed archive survives the run: a failure after enough progress is the first in a row again."""
+    step = ArchiveStream.PROGRESS_RESETS + 1000
+    whole = os.urandom(6 * step)
+    loopback.put("archives/a.tar.gz", whole)
+    cuts = [f"truncate:{k * step / len(whole)!r}" for k in range(1, 6)]  # five cuts, each 1 MiB and more past the one before
+    loopback.set_fault("archives/a.tar.gz", *cuts)
+    with HttpClient(max_attempts=2, **FAST) as client:
+        stream = ArchiveStream(client, loopback.base_url + "/archives/a.tar.gz")
+        assert _stream_all(stream, step=1 << 20) == whole and stream.requests == 6
+        loopback.put("archives/a.tar.gz", whole[:100_000])
+        loopback.set_fault("archives/a.tar.gz", "truncate:0.3", "truncate:0.3")  # cut twice at the same byte
+        with pytest.raises(StreamFailed, match="short-body"):
+            _stream_all(ArchiveStream(client, loopback.base_url + "/archives/a.tar.gz"))
 
 
 def test_a_streamed_archive_that_changes_or_fails_for_good_gives_up(loopback: LoopbackServer) -> None:
@@ -272,6 +295,45 @@ def test_a_streamed_archive_that_changes_or_fails_for_good_gives_up(loopback: Lo
         attempt = failed.value.attempt
         assert attempt.failure is not None and attempt.failure.transient and attempt.requests == 3
         assert stream.offset < 300_001
+
+
+def test_a_416_to_a_streamed_resume_is_an_archive_that_changed(tmp_path: Path) -> None:
+    """A server that answers the resume with 416 (the archive shrank) fails the folder transiently, never permanently."""
+    import http.server
+    import threading
+
+    whole = os.urandom(200_000)
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            if self.headers.get("Range"):
+                self.send_response(416)
+                self.send_header("Content-Range", "bytes */50000")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(whole)))
+            self.end_headers()
+            self.wfile.write(whole[:100_000])  # then the connection closes: cut short
+            self.close_connection = True
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with HttpClient(max_attempts=3, **FAST) as client:
+            stream = ArchiveStream(client, f"http://127.0.0.1:{server.server_address[1]}/a.tar.gz")
+            with pytest.raises(StreamFailed) as failed:
+                _stream_all(stream)
+    finally:
+        server.shutdown()
+        server.server_close()
+    failure = failed.value.attempt.failure
+    assert failure is not None and failure.reason == "changed-while-downloading: http-416" and failure.transient
+    assert (stream.offset, stream.requests) == (100_000, 2)
 
 
 def test_a_streamed_archive_cut_short_for_good_writes_nothing_and_the_next_run_starts_over(

@@ -204,15 +204,20 @@ class ArchiveStream:
     """An archive's body as it arrives: a read-only file object for the extraction to pull from.
 
     One GET with no ``Range``. A failure after some bytes (a reset, a body cut short, a read timeout)
-    or before any is retried as a download is (backoff or Retry-After, ``max_attempts`` in all):
-    the next request asks ``Range: bytes=<bytes read>-`` with ``If-Range`` (the first answer's strong
-    ETag) and the reader above (gunzip, tar, the member being written) goes on where it was. A 200
-    to such a request (Range not supported) is read past the bytes already had; one from an archive
-    that changed (another ETag or length) cannot go on. Reading ends, with ``b""``, only at the
-    declared length: a body that ends short of it is a failure, bytes beyond it are never read.
-    When it cannot go on, :meth:`read` raises :class:`StreamFailed` (the response closed);
+    or before any is retried as a download is (backoff or Retry-After, ``max_attempts`` failures in
+    a row; :data:`PROGRESS_RESETS` bytes read since the last failure start the count again, since
+    nothing of a streamed archive survives the run): the next request asks
+    ``Range: bytes=<bytes read>-`` with ``If-Range`` (the first answer's strong ETag) and the reader
+    above (gunzip, tar, the member being written) goes on where it was. A 200 to such a request
+    (Range not supported) is read past the bytes already had; an archive that changed (another ETag
+    or length, or a 416 that does not say the bytes read were all of it) cannot go on. Reading ends,
+    with ``b""``, only at the declared length: a body that ends short of it, or goes past it, is a
+    failure. When it cannot go on, :meth:`read` raises :class:`StreamFailed` (the response closed);
     :meth:`close` closes the response the reader left open.
     """
+
+    #: Bytes read since the last failure that make the next one the first in a row again.
+    PROGRESS_RESETS = 4 * CHUNK_SIZE
 
     def __init__(self, client: HttpClient, url: str) -> None:
         self._client, self._url = client, url
@@ -222,16 +227,19 @@ class ArchiveStream:
         self.http_status: int | None = None  # the last answer's status
         self._etag: str | None = None
         self._resp: requests.Response | None = None
-        self._failures = 0
+        self._failures = 0  # in a row (see PROGRESS_RESETS)
+        self._failed_at = 0  # the offset of the last failure
         self._skip = 0  # bytes of a 200 answering a resume that the reader already had
         self._got, self._since = 0, 0.0  # this answer's bytes and start: the rate rule
 
     def read(self, n: int = CHUNK_SIZE) -> bytes:
         want = CHUNK_SIZE if n is None or n <= 0 else min(n, CHUNK_SIZE)
         while True:
+            if self._resp is None and self.total is not None and self.offset >= self.total:
+                return b""  # all of it (a 416 to a resume can say so)
             resp = self._resp or self._open()
             if resp is None:
-                continue  # failed, and waited to try again
+                continue  # failed, and waited to try again; or found the end
             try:
                 # read1: whatever has arrived, so a trickle is noticed while it trickles
                 data = resp.raw.read1(want, decode_content=False)
@@ -253,6 +261,8 @@ class ArchiveStream:
                 data = data[drop:]
                 if not data:
                     continue
+            if self.total is not None and self.offset + len(data) > self.total:
+                self._give_up(FetchFailure(f"long-body: more than the {self.total} bytes declared", True, False))
             self.offset += len(data)
             return data
 
@@ -264,7 +274,10 @@ class ArchiveStream:
     def _failed(self, failure: FetchFailure, retry_after_s: float | None = None) -> None:
         """Count a failed attempt and wait to try again, or raise :class:`StreamFailed`."""
         self.close()
+        if self.offset - self._failed_at >= self.PROGRESS_RESETS:
+            self._failures = 0
         self._failures += 1
+        self._failed_at = self.offset
         if (
             not (failure.transient and failure.retryable)
             or self._failures >= self._client.max_attempts
@@ -282,7 +295,7 @@ class ArchiveStream:
             headers["Range"] = f"bytes={self.offset}-"
             if self._etag:
                 headers["If-Range"] = self._etag
-        opened = self._client.open(self._url, headers, accept=(200, 206) if self.offset else (200,))
+        opened = self._client.open(self._url, headers, accept=(200, 206, 416) if self.offset else (200,))
         self.requests += opened.requests
         self.http_status = opened.http_status
         resp = opened.response
@@ -291,14 +304,23 @@ class ArchiveStream:
             self._failed(opened.failure, opened.retry_after_s)
             return None
         self._resp = resp
-        status, clen = opened.http_status, resp.raw.length_remaining
+        status, clen, etag = opened.http_status, resp.raw.length_remaining, _strong_etag(resp)
+        if self._etag and etag and etag != self._etag:
+            self._give_up(FetchFailure("changed-while-downloading", True, False))
+        self._skip = 0
+        if status == 416:  # nothing from the byte reached: right only if that was the end (no length declared)
+            m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
+            if self.total is None and m and int(m.group(1)) == self.offset:
+                self.total = self.offset
+                self.close()
+                return None
+            self._give_up(FetchFailure(f"changed-while-downloading: http-{status}", True, False))
         if status == 206:
             m = _CONTENT_RANGE.fullmatch(resp.headers.get("Content-Range", ""))
-            if not m or int(m.group(1)) != self.offset:
+            if not m or int(m.group(1)) != self.offset or int(m.group(2)) < self.offset:
                 self._give_up(FetchFailure(f"bad-range-answer: http-{status}", True, False))
             declared = None if m.group(3) == "*" else int(m.group(3))
         else:  # 200: the first answer, or a server that ignored Range (or whose archive changed)
-            etag = _strong_etag(resp)
             if self.offset and self._etag and etag != self._etag:
                 self._give_up(FetchFailure("changed-while-downloading", True, False))
             self._etag = self._etag or etag
