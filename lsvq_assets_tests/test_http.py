@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import random
@@ -818,3 +819,59 @@ def test_loopback_fault_queue_log_and_latency(tmp_path: Path) -> None:
         assert server.count() == 0 and server.connections == 0
     with pytest.raises(ValueError):
         Fault.parse("bogus")
+
+
+def test_a_request_goes_out_as_requests_would_send_it(loopback: LoopbackServer, tmp_path: Path) -> None:
+    """Straight to urllib3's pool, a GET carries the same target and headers as ``requests.Session.get`` sends.
+
+    The name needs quoting (a space, a non-ASCII letter, a query): the server sees the same bytes either way.
+    """
+    data = loopback.put_random("a b/é x.mp4", 10_000)
+    url = loopback.base_url + "/a b/é x.mp4?v=1&w=a b"
+    with fast_fetcher() as fetcher:
+        assert fetcher.fetch(url, tmp_path / "ours.mp4").sha256 == sha(data)
+        opened = fetcher.open(url, {"Range": "bytes=10-"}, accept=(206,))
+        assert opened.response is not None and opened.response.status_code == 206
+        assert opened.response.headers.get("content-range") == "bytes 10-9999/10000"  # any case, as requests' headers
+        opened.response.close()
+    with requests.Session() as session:
+        session.headers.update({"User-Agent": "lsvq_assets/0.1", "Accept-Encoding": "identity", "Accept": "*/*"})
+        session.get(url, stream=True).close()
+        session.get(url, stream=True, headers={"Range": "bytes=10-"}).close()
+    ours, ranged, theirs, theirs_ranged = loopback.records("a b/é x.mp4")
+    assert (ours.raw_path, ours.headers) == (theirs.raw_path, theirs.headers)
+    assert (ranged.raw_path, ranged.headers) == (theirs_ranged.raw_path, theirs_ranged.headers)
+    assert ours.raw_path == "/a%20b/%C3%A9%20x.mp4?v=1&w=a%20b"
+
+
+def test_a_cookie_a_server_sets_is_sent_back_as_the_session_would(tmp_path: Path) -> None:
+    """A ``Set-Cookie`` is kept for the run and sent on the requests that follow, not before."""
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self) -> None:  # noqa: N802
+            seen.append(self.headers.get("Cookie"))
+            body = b"x" * 1000
+            self.send_response(200)
+            if self.path == "/login":
+                self.send_header("Set-Cookie", "session=abc; Path=/")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        with fast_fetcher() as fetcher:
+            results = [fetcher.fetch(f"{base}/{name}", tmp_path / f"{i}.mp4") for i, name in enumerate(["a", "login", "b", "c"])]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(r.ok for r in results)
+    assert seen == [None, None, "session=abc", "session=abc"]

@@ -40,8 +40,13 @@ class BearerAuth(requests.auth.AuthBase):
     def __init__(self, token: str) -> None:
         self._token = token
 
+    @property
+    def header(self) -> str:
+        """The ``Authorization`` header's value."""
+        return f"Bearer {self._token}"
+
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
-        r.headers["Authorization"] = f"Bearer {self._token}"
+        r.headers["Authorization"] = self.header
         return r
 
     def __repr__(self) -> str:

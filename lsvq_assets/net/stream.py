@@ -21,11 +21,10 @@ import ssl
 import time
 from pathlib import Path
 
-import requests
 import urllib3
 
 from lsvq_assets.core.files import Writeback, temp_beside
-from lsvq_assets.net.client import Attempt, HttpClient
+from lsvq_assets.net.client import Attempt, HttpClient, Response
 from lsvq_assets.net.errors import NETWORK_ERRORS, FetchFailure, classify_network_error, disk_failure
 
 __all__ = ["CHUNK_SIZE", "append_to_file", "stream_to_file", "write_all"]
@@ -93,7 +92,7 @@ def _socket_has_more_data(sock: object, grace_s: float) -> bool:
         return False
 
 
-def _overrun_pending(raw: urllib3.response.HTTPResponse, grace_s: float) -> bool:
+def _overrun_pending(raw: urllib3.BaseHTTPResponse, grace_s: float) -> bool:
     """With exactly one declared body byte left: are there bytes beyond it?
 
     Looks at (1) http.client's read buffer — a peek makes sure the last
@@ -122,7 +121,7 @@ def _unlink_quietly(path: str) -> None:
         pass
 
 
-def stream_to_file(client: HttpClient, resp: requests.Response, dest: Path, n_requests: int) -> Attempt:
+def stream_to_file(client: HttpClient, resp: Response, dest: Path, n_requests: int) -> Attempt:
     """Stream ``resp``'s body onto ``dest`` (temp file, sha256 while streaming, fsync, rename)."""
     status = resp.status_code
     raw = resp.raw
@@ -205,7 +204,7 @@ def stream_to_file(client: HttpClient, resp: requests.Response, dest: Path, n_re
             _unlink_quietly(tmp_name)
 
 
-def append_to_file(client: HttpClient, resp: requests.Response, part: Path, truncate: bool) -> tuple[int, FetchFailure | None]:
+def append_to_file(client: HttpClient, resp: Response, part: Path, truncate: bool) -> tuple[int, FetchFailure | None]:
     """Append ``resp``'s body to ``part`` (``truncate``: start it afresh): (bytes written, failure).
 
     The bytes written stay in ``part`` whatever the failure, so a later attempt can resume. A body

@@ -23,9 +23,7 @@ from collections.abc import Iterator, MutableMapping
 from pathlib import Path
 from typing import NoReturn
 
-import requests
-
-from lsvq_assets.net.client import Attempt, HttpClient
+from lsvq_assets.net.client import Attempt, HttpClient, Response
 from lsvq_assets.net.errors import NETWORK_ERRORS, FetchFailure, classify_network_error, disk_failure, status_failure
 from lsvq_assets.net.stream import CHUNK_SIZE, append_to_file
 
@@ -148,9 +146,7 @@ def _try_once(client: HttpClient, url: str, archive: Path, validators: MutableMa
         restarted = True
 
 
-def _stream(
-    client: HttpClient, resp: requests.Response, part: Path, archive: Path, offset: int, total: int | None, n_requests: int
-) -> Attempt:
+def _stream(client: HttpClient, resp: Response, part: Path, archive: Path, offset: int, total: int | None, n_requests: int) -> Attempt:
     """Append the body to ``part`` at ``offset`` (0: truncate first), then check the length."""
     status = resp.status_code
     clen: int | None = resp.raw.length_remaining  # None: chunked or close-delimited
@@ -195,7 +191,7 @@ class StreamFailed(Exception):
         self.attempt = attempt
 
 
-def _strong_etag(resp: requests.Response) -> str | None:
+def _strong_etag(resp: Response) -> str | None:
     etag = resp.headers.get("ETag", "").strip()
     return etag if etag.startswith('"') else None  # If-Range refuses weak validators
 
@@ -226,7 +222,7 @@ class ArchiveStream:
         self.requests = 0
         self.http_status: int | None = None  # the last answer's status
         self._etag: str | None = None
-        self._resp: requests.Response | None = None
+        self._resp: Response | None = None
         self._failures = 0  # in a row (see PROGRESS_RESETS)
         self._failed_at = 0  # the offset of the last failure
         self._skip = 0  # bytes of a 200 answering a resume that the reader already had
@@ -289,7 +285,7 @@ class ArchiveStream:
         self.close()
         raise StreamFailed(Attempt(False, self.requests, self.http_status, failure, retry_after_s))
 
-    def _open(self) -> requests.Response | None:
+    def _open(self) -> Response | None:
         headers = {}
         if self.offset:
             headers["Range"] = f"bytes={self.offset}-"
