@@ -1,7 +1,10 @@
 """The command: ``python -m lsvq_assets`` and ``lsvq-to-corpus-jsonl`` (see :func:`lsvq_assets.cli.main`)."""
 
+import atexit
 import gc
+import os
 import sys
+from typing import NoReturn
 
 
 def command() -> int:
@@ -22,5 +25,29 @@ def command() -> int:
         gc.enable()
 
 
+def run() -> NoReturn:
+    """The command's entry (console script and ``python -m``): :func:`command`, then :func:`exit_now`."""
+    exit_now(command())
+
+
+def exit_now(code: int) -> NoReturn:
+    """End the process with ``code`` without the interpreter's teardown.
+
+    Python's shutdown frees the ~400,000 objects Dagster and the rest made, one by one: ~0.2 s on
+    every invocation, a no-op refresh included, measured. Nothing of the command's work depends
+    on it: its files are fsynced and renamed, its Dagster instance disposed (the SQLite WAL
+    checkpointed) and its partition workers gone before :func:`command` returns. What a normal exit
+    does for the rest still happens: the ``atexit`` handlers run (logging's flush among them),
+    then stdout and stderr are flushed.
+    """
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`| head`): what could be written was
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(command())
+    run()

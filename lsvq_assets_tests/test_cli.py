@@ -470,3 +470,34 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
     assert seen["enabled"] is True and seen["frozen"] > 50_000  # the runs: on, the imports' objects frozen
     assert seen["full"] - seen["full_before"] == 1  # their garbage collected once, not frozen with them
     assert (seen["rc"], seen["after"]) == (0, True)
+
+
+@pytest.mark.parametrize("case", ["dry-run", "user-error"])
+def test_the_command_ends_without_the_interpreter_teardown_its_output_whole(tmp_path: Path, case: str) -> None:
+    """The command's process ends with ``os._exit`` once its work is done: the interpreter does not
+    free its objects one by one (~0.2 s), yet the atexit handlers run, the buffered output is all
+    there and the exit code is the command's."""
+    labels = tmp_path / "labels.txt"
+    write_labels_txt(labels, labels_pairs(4))
+    args = ["--manifest-csv", str(labels if case == "dry-run" else tmp_path / "missing.txt"), "--lsvq-dir", str(tmp_path / "w"),
+            "--min-csv-rows", "1", "--dry-run"]
+    code = (
+        "import atexit, sys\n"
+        "class Teardown:\n"
+        "    def __del__(self):\n"
+        "        print('torn down', flush=True)\n"
+        "kept = Teardown()\n"  # freed by the interpreter's teardown, if there is one
+        "atexit.register(lambda: print('atexit ran'))\n"  # buffered: flushed by the exit
+        "import lsvq_assets.__main__ as entry\n"
+        f"sys.argv = ['lsvq-to-corpus-jsonl', *{args!r}]\n"
+        "entry.run()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_HOME"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    lines = done.stdout.splitlines()
+    if case == "dry-run":
+        assert done.returncode == 0, done.stderr
+        assert json.loads(lines[0])["partitions"] >= 1
+    else:
+        assert done.returncode == 2 and done.stderr.startswith("error: ") and "missing.txt" in done.stderr, done.stderr
+    assert lines[-1] == "atexit ran" and "torn down" not in done.stdout

@@ -628,6 +628,22 @@ def test_https_success_and_untrusted_cert(
     assert (tmp_path / "4.mp4").read_bytes() == data
 
 
+def test_https_trusts_the_ca_bundle_requests_trusts(
+    tls_loopback: LoopbackServer, tls_cert: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without ``REQUESTS_CA_BUNDLE``, certifi's bundle, as requests: a certificate the system store
+    would trust (``SSL_CERT_FILE``) is refused, whatever way the request goes out."""
+    tls_loopback.put_random("a.mp4", 1000)
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_cert[0]))
+    with fast_fetcher() as fetcher:
+        refused = fetcher.fetch(tls_loopback.url("a.mp4"), tmp_path / "x.mp4")
+    assert (refused.ok, refused.reason) == (False, "tls-error: certificate-verify-failed")
+    with pytest.raises(requests.exceptions.SSLError):
+        requests.get(tls_loopback.url("a.mp4"), timeout=5)
+
+
 def test_environment_proxies_are_honoured_per_host(loopback: LoopbackServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``HTTP_PROXY`` and ``NO_PROXY`` apply as requests applies them, on every request (worked out once per origin).
 

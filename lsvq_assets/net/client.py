@@ -111,6 +111,8 @@ class _Route:
 
     host: dict[str, Any]
     pool_kwargs: dict[str, Any]
+    verify: Any  # requests' TLS settings for the origin (True, or a CA bundle's path)
+    cert: Any
 
 
 @dataclass
@@ -279,7 +281,7 @@ class HttpClient:
             request = requests.PreparedRequest()
             request.prepare(method="GET", url=f"{parts.scheme}://{parts.netloc}/")
             host, pool_kwargs = self._adapter.build_connection_pool_key_attributes(request, settings["verify"], settings["cert"])
-            route = _Route(host, pool_kwargs)
+            route = _Route(host, pool_kwargs, settings["verify"], settings["cert"])
         self._routes[origin] = route
         return route
 
@@ -299,6 +301,7 @@ class HttpClient:
         if (bearer := self._auth_for(url)) is not None:
             sent["Authorization"] = bearer.header
         pool = self._adapter.poolmanager.connection_from_host(**route.host, pool_kwargs=route.pool_kwargs)
+        self._adapter.cert_verify(pool, target, route.verify, route.cert)  # the CA bundle requests trusts (certifi's by default)
         raw = pool.urlopen(
             "GET",
             (parts.path or "/") + (f"?{parts.query}" if parts.query else ""),
