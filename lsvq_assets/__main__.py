@@ -26,8 +26,15 @@ def command() -> int:
 
 
 def run() -> NoReturn:
-    """The command's entry (console script and ``python -m``): :func:`command`, then :func:`exit_now`."""
-    exit_now(command())
+    """The command's entry (console script and ``python -m``): :func:`command`, then :func:`exit_now`.
+
+    Under a profiler or a tracer (``python -m cProfile -o``, ``trace``, a debugger), which write
+    their results as the interpreter unwinds, the process exits the usual way.
+    """
+    code = command()
+    if sys.getprofile() is not None or sys.gettrace() is not None:
+        sys.exit(code)
+    exit_now(code)
 
 
 def exit_now(code: int) -> NoReturn:

@@ -472,6 +472,22 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
     assert (seen["rc"], seen["after"]) == (0, True)
 
 
+def test_the_command_under_a_profiler_exits_the_usual_way(tmp_path: Path) -> None:
+    """``python -m cProfile -o FILE -m lsvq_assets`` writes its profile (it does so as the interpreter unwinds)."""
+    labels = tmp_path / "labels.txt"
+    write_labels_txt(labels, labels_pairs(4))
+    out = tmp_path / "run.pstats"
+    cmd = [sys.executable, "-m", "cProfile", "-o", str(out), "-m", "lsvq_assets", "--manifest-csv", str(labels),
+           "--lsvq-dir", str(tmp_path / "w"), "--min-csv-rows", "1", "--dry-run"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LSVQ_", "DAGSTER_HOME"))}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout.splitlines()[0])["partitions"] >= 1
+    import pstats
+
+    assert pstats.Stats(str(out)).total_calls > 0
+
+
 @pytest.mark.parametrize("case", ["dry-run", "user-error"])
 def test_the_command_ends_without_the_interpreter_teardown_its_output_whole(tmp_path: Path, case: str) -> None:
     """The command's process ends with ``os._exit`` once its work is done: the interpreter does not
