@@ -5,8 +5,9 @@ worker threads:
 
 * the adapter keeps up to ``concurrency`` connections per host alive (connection reuse);
 * a GET goes straight to urllib3's pool for its origin, the pool, TLS settings, headers and
-  timeouts requests would use (:meth:`HttpClient._get`); through ``Session.send`` only when a
-  proxy or a ``~/.netrc`` login applies or the session holds cookies;
+  timeouts requests would use (:meth:`HttpClient._get`); through ``Session.send`` when a proxy,
+  a ``~/.netrc`` login or a login in the URL applies, the host is not ASCII or the session holds
+  cookies;
 * :meth:`HttpClient.open` follows redirects by hand (at most ``max_redirects``): every
   ``Location`` is resolved against the current URL and re-checked with :func:`check_url`
   (http/https only); TLS is always verified; bodies are read raw (``Accept-Encoding: identity``);
@@ -290,7 +291,8 @@ class HttpClient:
 
         Straight to urllib3's pool for the origin (the one requests' adapter would pick, with the
         same TLS settings, headers, timeouts and no retries): requests' own handling of a request
-        was a third of a small clip's CPU. The URL is prepared by requests as before (stripped,
+        cost ~0.75 ms of the ~4.4 ms of CPU a small clip's download took (measured, 16 threads).
+        The URL is prepared by requests as before (stripped,
         dot segments removed, quoted; a bad one raises here). Cookies, proxies, ``~/.netrc`` and a
         login in the URL go through requests.
         """
