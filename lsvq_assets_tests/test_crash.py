@@ -147,6 +147,10 @@ def test_kill_9_at_any_moment_then_resume_gives_the_uninterrupted_shard(
 
         # 4. Assembly: the last partition's rows table is rewritten, or the shard's temp file appears.
         rows_part = work / "partitions" / PARTITIONS[-1] / "rows_train.parquet"
+        if landed[-1] == "(the run completed first)":
+            # Nothing is left to assemble: without its rows table (the outputs are the truth) the
+            # last partition runs again, and the shard is assembled again after it.
+            rows_part.unlink()
         since = time.time()
 
         def assembling() -> str | None:
