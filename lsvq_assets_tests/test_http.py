@@ -23,8 +23,13 @@ import pytest
 import requests
 
 from lsvq_assets.core.files import sha256_file
+from lsvq_assets.core.layout import Layout
+from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.urls import check_url
 from lsvq_assets.net import CHUNK_SIZE, FetchResult, HttpFetcher, parse_retry_after
+from lsvq_assets.net.window import Window
+from lsvq_assets.sources.base import ClipResult
+from lsvq_assets.sources.url import START_WINDOW, UrlClipSource
 from lsvq_assets_tests.harness import private_tmpfs_unshare
 from lsvq_assets_tests.loopback import (  # noqa: F401 - loopback is a fixture
     Fault,
@@ -898,3 +903,93 @@ def test_a_cookie_a_server_sets_is_sent_back_as_the_session_would(tmp_path: Path
         server.server_close()
     assert all(r.ok for r in results)
     assert seen == [None, None, "session=abc", "session=abc"]
+
+
+# --------------------------------------------------------------------------- how many downloads at once
+
+
+def test_window_doubles_while_waiting_dominates_halves_on_push_back_and_keeps_its_bounds() -> None:
+    w = Window(start=4, cap=16)
+    for _ in range(3):  # a window's worth of downloads that mostly waited for the server
+        w.finished(0.1, 0.12, pushed_back=False)
+    assert w.limit == 4  # no decision before a window's worth has finished
+    w.finished(0.1, 0.12, pushed_back=False)
+    assert w.limit == 8
+    for _ in range(8):
+        w.finished(0.1, 0.12, pushed_back=False)
+    assert w.limit == 16
+    for _ in range(32):
+        w.finished(0.1, 0.12, pushed_back=False)
+    assert w.limit == w.largest == 16  # the cap
+    w.finished(0.01, 0.02, pushed_back=True)
+    assert w.limit == 8
+    for _ in range(16):  # reading the bodies is what takes the time: more at once would not help
+        w.finished(0.001, 0.2, pushed_back=False)
+    assert w.limit == 8
+    for _ in range(5):
+        w.finished(0.0, 0.0, pushed_back=True)
+    assert w.limit == 1 and w.largest == 16
+
+
+def _fetch_all(source: UrlClipSource, names: list[str], root: Path) -> dict[str, ClipResult]:
+    """Every clip through the source (its pool, its window), closed after; the result of each."""
+    rows = [ManifestRow(i, i + 2, n.removesuffix(".mp4"), n, n.split("/", 1)[0], 50.0, 0.0, 0, None) for i, n in enumerate(names)]
+    results: dict[str, ClipResult] = {}
+    try:
+        source.fetch(rows, Layout.create(root / "work"), lambda res: results.__setitem__(res.src, res))
+    finally:
+        source.close()
+    assert set(results) == set(names)
+    return results
+
+
+def test_a_server_slow_to_answer_gets_more_connections_up_to_the_cap(loopback: LoopbackServer, tmp_path: Path) -> None:
+    names = [f"f/{i:03d}.mp4" for i in range(240)]
+    blobs = {n: loopback.put_random(n, 4000) for n in names}
+    loopback.latency_s = 0.05  # every answer waits: the downloads are latency, not bytes
+    source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0)
+    results = _fetch_all(source, names, tmp_path)
+    assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) for n in names)
+    assert source.window is not None and source.window.largest == 64
+    assert START_WINDOW < loopback.connections <= 64
+
+
+def test_bodies_that_take_the_time_keep_the_window_where_it_starts(loopback: LoopbackServer, tmp_path: Path) -> None:
+    names = [f"f/{i:03d}.mp4" for i in range(48)]
+    blobs = {n: loopback.put_random(n, 4096) for n in names}
+    loopback.set_fault_all(Fault.slow(0.05), forever=True)  # answered at once, then 1 KiB every 50 ms
+    source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0)
+    results = _fetch_all(source, names, tmp_path)
+    assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) for n in names)
+    assert source.window is not None and source.window.largest == START_WINDOW
+
+
+def test_a_server_that_pushes_back_gets_fewer_downloads_at_once(loopback: LoopbackServer, tmp_path: Path) -> None:
+    names = [f"f/{i:03d}.mp4" for i in range(40)]
+    blobs = {n: loopback.put_random(n, 4000) for n in names}
+    loopback.set_fault_all("429:0")  # the first request of every clip: "too many requests"
+    source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0, backoff_base_s=0.01)
+    results = _fetch_all(source, names, tmp_path)
+    assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) and results[n].attempts == 2 for n in names)
+    assert source.window is not None and source.window.limit < START_WINDOW and source.window.largest == START_WINDOW
+
+
+def test_a_closed_window_starts_nothing_more() -> None:
+    """When a run is stopped, the downloads waiting for a place are told to start none."""
+    w = Window(start=1, cap=1)
+    told: list[bool] = []
+    with w.slot() as first:
+        waiter = threading.Thread(target=lambda: told.extend(_held(w)))
+        waiter.start()
+        time.sleep(0.05)
+        assert waiter.is_alive() and not told  # the window is full: it waits
+        w.close()
+        waiter.join(5)
+    assert first and told == [False]
+    with w.slot() as later:
+        assert not later
+
+
+def _held(w: Window) -> list[bool]:
+    with w.slot() as held:
+        return [held]

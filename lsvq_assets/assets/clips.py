@@ -208,6 +208,7 @@ def _materialise(
             "bytes_fetched": result.bytes_fetched,
             "throughput_mb_s": dg.MetadataValue.float(round(rate, 2)),
             "source": source.name,
+            **source.metadata(),
             "outcome_table": dg.MetadataValue.path(str(outcome_path)),
             "dagster/uri": dg.MetadataValue.path(str(layout.clips_root)),
             "dagster/column_schema": column_schema(CLIPS_SCHEMA),

@@ -29,6 +29,7 @@ __all__ = [
     "FetchFailure",
     "classify_network_error",
     "disk_failure",
+    "is_push_back",
     "parse_retry_after",
     "status_failure",
 ]
@@ -54,6 +55,15 @@ class FetchFailure:
     reason: str
     transient: bool
     retryable: bool  # retry inside this fetch (False: give up now, even if transient)
+
+
+#: Failures that say "fewer requests at once, please": the server's own words, or a connection it
+#: refused, dropped or left unanswered.
+PUSH_BACK_REASONS = ("http-429", "http-503", "connection-error: refused", "connection-error: reset", "timeout")
+
+
+def is_push_back(failure: FetchFailure | None) -> bool:
+    return failure is not None and failure.reason in PUSH_BACK_REASONS
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lsvq_assets.core.urls import check_url
 from lsvq_assets.net.client import Attempt, HttpClient
-from lsvq_assets.net.errors import NETWORK_ERRORS, classify_network_error
+from lsvq_assets.net.errors import NETWORK_ERRORS, classify_network_error, is_push_back
 from lsvq_assets.net.stream import stream_to_file
 
 __all__ = ["FetchResult", "HttpFetcher"]
@@ -35,6 +35,8 @@ class FetchResult:
     transient: bool  # True: worth retrying in a later run
     attempts: int  # HTTP requests made (retries and redirect hops included)
     elapsed_s: float
+    waited_s: float = 0.0  # of elapsed_s, waiting for the server's answers (request sent, headers back)
+    pushed_back: bool = False  # an attempt met 429, 503, a refused or reset connection or a timeout
 
 
 class HttpFetcher(HttpClient):
@@ -51,16 +53,28 @@ class HttpFetcher(HttpClient):
         bad = check_url(url)
         if bad is not None:
             return FetchResult(False, None, None, None, bad, False, 0, time.monotonic() - started)
-        out, attempts = self.retrying(lambda: self._try_once(url, dest))
+        waited = [0.0]
+        pushed_back = [False]
+
+        def once() -> Attempt:
+            out = self._try_once(url, dest, waited)
+            pushed_back[0] = pushed_back[0] or is_push_back(out.failure)
+            return out
+
+        out, attempts = self.retrying(once)
         elapsed = time.monotonic() - started
         if out.ok:
-            return FetchResult(True, out.sha256, out.size, out.http_status, None, False, attempts, elapsed)
+            return FetchResult(True, out.sha256, out.size, out.http_status, None, False, attempts, elapsed, waited[0], pushed_back[0])
         failure = out.failure
         assert failure is not None
-        return FetchResult(False, None, None, out.http_status, failure.reason, failure.transient, attempts, elapsed)
+        return FetchResult(
+            False, None, None, out.http_status, failure.reason, failure.transient, attempts, elapsed, waited[0], pushed_back[0]
+        )
 
-    def _try_once(self, url: str, dest: Path) -> Attempt:
+    def _try_once(self, url: str, dest: Path, waited: list[float]) -> Attempt:
+        sent = time.monotonic()
         opened = self.open(url)
+        waited[0] += time.monotonic() - sent
         if opened.response is None:
             return opened.attempt()
         try:

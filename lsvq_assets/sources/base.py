@@ -47,6 +47,10 @@ class ClipSource(ABC):
     def close(self) -> None:
         """Release sessions and pools."""
 
+    def metadata(self) -> dict[str, int]:
+        """What the last ``fetch`` chose on its own (e.g. how many downloads ran at once), for the asset's metadata."""
+        return {}
+
 
 # What a clip was in this run, in the clips table.
 DOWNLOADED, CACHED, FAILED = "downloaded", "cached", "failed"

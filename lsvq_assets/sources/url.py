@@ -11,6 +11,7 @@ from lsvq_assets.core.manifest import ManifestRow
 from lsvq_assets.core.urls import check_url
 from lsvq_assets.net.errors import AUTH_STATUSES
 from lsvq_assets.net.fetcher import HttpFetcher
+from lsvq_assets.net.window import Window
 from lsvq_assets.sources.base import ClipResult, ClipSource, OnResult
 
 #: Appended to ``http-401``/``http-403``: the server refused the request, the clip itself may be fine.
@@ -38,22 +39,31 @@ def template_url(template: str, row: ManifestRow) -> str:
         raise ValueError(f"--clip-url-template {template!r}: {exc!r}; fields are {{name}}, {{folder}}, {{stem}}, {{suffix}}") from None
 
 
+#: Downloads at once when a fetch starts; the window widens up to ``--concurrency`` while the
+#: server's latency, not the bytes, is what the downloads wait for (:mod:`lsvq_assets.net.window`).
+START_WINDOW = 16
+
+
 class UrlClipSource(ClipSource):
-    """Streams each clip from its own URL through one HTTP session, ``concurrency`` at a time."""
+    """Streams each clip from its own URL through one HTTP session, at most ``concurrency`` at a time.
+
+    How many run at once within that cap follows the server's latency (:class:`Window`).
+    """
 
     name = "url"
 
-    def __init__(self, template: str = "", concurrency: int = 16, timeout_s: float = 120.0, **fetcher_kwargs) -> None:
+    def __init__(self, template: str = "", concurrency: int = 64, timeout_s: float = 120.0, **fetcher_kwargs) -> None:
         self.template = template
         self.concurrency = max(1, concurrency)
         self.fetcher = HttpFetcher(timeout_s=timeout_s, concurrency=self.concurrency, **fetcher_kwargs)
+        self.window: Window | None = None  # the last fetch's
 
     def url_for(self, row: ManifestRow) -> str | None:
         if row.url:
             return row.url
         return template_url(self.template, row) if self.template else None
 
-    def _one(self, row: ManifestRow, layout: Layout, on_result: OnResult) -> None:
+    def _one(self, row: ManifestRow, layout: Layout, on_result: OnResult, window: Window) -> None:
         url = self.url_for(row)
         if url is None:
             on_result(ClipResult(row.src, ok=False, reason="no-url-in-manifest"))
@@ -61,22 +71,31 @@ class UrlClipSource(ClipSource):
         if bad := check_url(url):
             on_result(ClipResult(row.src, ok=False, reason=bad))
             return
-        res = self.fetcher.fetch(url, layout.clip_path(row.src))
+        with window.slot() as held:
+            if not held:
+                return  # the run is being stopped: this clip is left for the next one
+            res = self.fetcher.fetch(url, layout.clip_path(row.src))
+        window.finished(res.waited_s, res.elapsed_s, res.pushed_back)
         reason = res.reason
         if res.http_status in AUTH_STATUSES and reason == f"http-{res.http_status}":
             reason = f"{reason}: {AUTH_HINT}"  # transient: retried next run, never recorded as a bad clip
         on_result(ClipResult(row.src, res.ok, res.sha256, res.size, res.http_status, reason, res.transient, res.attempts))
 
     def fetch(self, rows: Sequence[ManifestRow], layout: Layout, on_result: OnResult) -> None:
+        self.window = window = Window(START_WINDOW, self.concurrency)
         with ThreadPoolExecutor(self.concurrency, thread_name_prefix="lsvq-fetch") as pool:
-            futures = [pool.submit(self._one, row, layout, on_result) for row in rows]
+            futures = [pool.submit(self._one, row, layout, on_result, window) for row in rows]
             try:
                 for fut in futures:
                     fut.result()
             except BaseException:  # Ctrl-C / SIGTERM (Dagster's interrupt): start no more downloads
+                window.close()
                 for fut in futures:
                     fut.cancel()
                 raise
+
+    def metadata(self) -> dict[str, int]:
+        return {"downloads_at_once": self.window.largest} if self.window else {}
 
     def close(self) -> None:
         self.fetcher.close()

@@ -1,0 +1,88 @@
+"""How many downloads run at once: a window that suits the server's latency (plain Python, no Dagster).
+
+A download waits for the server's answer (its headers) and then reads the body. When the finished
+downloads spent most of their time waiting, the server is far away or slow to answer, and more
+connections at once get more done: the window doubles, up to its cap. When they spent it reading,
+hashing and writing, more connections only compete for the same bytes and CPU: the window stays.
+When the server pushes back (429, 503, refused or reset connections, timeouts) the window halves.
+
+A decision is taken once a window's worth of downloads has finished since the last one, so the
+window reaches its cap in a few round trips (16, 32, 64) and never grows on one odd answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["WAITING_SHARE", "Window"]
+
+#: The share of the finished downloads' time spent waiting for the server above which the window grows.
+WAITING_SHARE = 0.5
+
+
+class Window:
+    """A limit on downloads at once, between 1 and ``cap``, starting at ``start``. Thread-safe."""
+
+    def __init__(self, start: int, cap: int) -> None:
+        if cap < 1:
+            raise ValueError("cap must be >= 1")
+        self.cap = cap
+        self.limit = max(1, min(start, cap))
+        self.largest = self.limit  # the widest the window was (reported in the asset's metadata)
+        self._running = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._reset()
+
+    def _reset(self) -> None:
+        self._finished = 0
+        self._waited_s = 0.0
+        self._total_s = 0.0
+
+    @contextmanager
+    def slot(self) -> Iterator[bool]:
+        """Hold one of the window's places while a download runs (blocks while the window is full).
+
+        Yields False, holding nothing, once the window is closed: start no download then.
+        """
+        with self._cond:
+            while self._running >= self.limit and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                held = False
+            else:
+                held = True
+                self._running += 1
+        try:
+            yield held
+        finally:
+            if held:
+                with self._cond:
+                    self._running -= 1
+                    self._cond.notify()
+
+    def close(self) -> None:
+        """No more downloads: whoever waits for a place is told to start none (the run is being stopped)."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def finished(self, waited_s: float, total_s: float, pushed_back: bool) -> None:
+        """One download's times (waiting for the answer, in all) and whether the server pushed back."""
+        with self._cond:
+            if pushed_back:
+                self.limit = max(1, self.limit // 2)
+                self._reset()
+                return
+            self._finished += 1
+            self._waited_s += waited_s
+            self._total_s += total_s
+            if self._finished < self.limit:
+                return
+            if self.limit < self.cap and self._waited_s > WAITING_SHARE * self._total_s:
+                self.limit = min(self.cap, 2 * self.limit)
+                self.largest = max(self.largest, self.limit)
+                self._cond.notify_all()
+            self._reset()
