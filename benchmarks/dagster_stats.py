@@ -76,7 +76,10 @@ def read_runs(dagster_home: str) -> list[RunStats]:
                     s["end"] = r.timestamp
                 elif ev.event_type == E.ASSET_MATERIALIZATION:
                     mat = ev.event_specific_data.materialization
-                    s.setdefault("metadata", {}).update({k: _value(v) for k, v in mat.metadata.items()})
+                    meta = s.setdefault("metadata", {})
+                    meta.update({k: _value(v) for k, v in mat.metadata.items()})
+                    if isinstance(meta.get("timings"), dict):  # lsvq_clips keeps its timings in one JSON value
+                        meta.update(meta["timings"])
             for key, s in per_step.items():
                 if "start" not in s:
                     continue

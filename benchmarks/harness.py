@@ -233,7 +233,7 @@ def run_project(
         "store (clip-state SQLite)": clips_store + probes_store,
         "other asset work (parquet, metadata)": max(0.0, body("lsvq_clips", slice_runs) - fetch_s - clips_store - probe_wait)
         + max(0.0, body("lsvq_probes", slice_runs) - probes_probe - probes_store),
-        "rows asset": body("lsvq_shard_rows", slice_runs),
+        "rows asset": sum(r.steps[k].body_s for r in slice_runs for k in r.steps if k.startswith(("lsvq_rows_", "lsvq_shard_rows"))),
         "Dagster: inside slice runs": slice_wall - slice_body,
         "Dagster: around slice runs (plan, run creation)": slices_exec - slice_wall,
         "shard asset": shard_body,
@@ -287,14 +287,15 @@ def find_shard(work: Path) -> Path:
 
 
 def cli_marks(stderr: str) -> dict[str, float]:
-    """Epoch times of the CLI's "N rows in M slices" line and of its last "slice i/n" line."""
+    """Epoch times of the CLI's headline ("... N of M partitions hold the rows under the cap") and of its last "partition i/n" line."""
     out: dict[str, float] = {}
     for line in stderr.splitlines():
         m = _LOG_LINE.match(line)
         if not m:
             continue
         when = datetime.strptime(m["ts"], "%Y-%m-%d %H:%M:%S,%f").timestamp()  # local time, like the CLI's
-        if " rows in " in m["msg"] and re.search(r" (slices|partitions) from ", m["msg"]) and "rows" not in out:
+        headline = "partitions hold the rows" in m["msg"] or (" rows in " in m["msg"] and re.search(r" (slices|partitions) from ", m["msg"]))
+        if headline and "rows" not in out:
             out["rows"] = when
         elif _SLICE_DONE.match(m["msg"]):
             out["slices_done"] = when
@@ -713,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--folders", type=int, default=1, help="LSVQ folders (slices) the clips are spread over (default 1)")
     a("--latency-ms", type=int, nargs="+", default=[0, 100], help="per-request latencies to measure (default: 0 100)")
     a("--concurrency", type=int, default=None, help="passed to the CLI as --concurrency (default: the project's default)")
-    a("--tuned-concurrency", type=int, default=64,
-      help="also run a 'proposed' configuration with this --concurrency (0 = skip; default 64)")
+    a("--tuned-concurrency", type=int, default=0,
+      help="also run a 'proposed' configuration with this --concurrency (0 = skip, the default: the CLI's own window already widens to 64 at latency)")
     a("--tuned-gc", action=argparse.BooleanOptionalAction, default=True,
       help="the proposed configuration calls gc.freeze() after the CLI's imports and before it exits (default: yes)")
     a("--tuned-instance", action="store_true",

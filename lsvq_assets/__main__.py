@@ -12,9 +12,8 @@ def command() -> int:
 
     Importing Dagster, SQLAlchemy, alembic, PyAV and pyarrow makes ~300,000 objects, and the
     collector walked them again and again while they were made (the imports alone: 2.1-2.8 s with
-    it, 1.7-2.0 s without, measured). :func:`lsvq_assets.cli.main` collects once (~0.2 s), freezes
-    what is left and turns the collector back on before any run; an early exit (``--help``, a user
-    error) ends with it off.
+    it, 1.7-2.0 s without, measured). :func:`lsvq_assets.cli.main` freezes them and turns the
+    collector back on before any run; an early exit (``--help``, a user error) ends with it off.
     """
     gc.disable()
     try:
