@@ -474,7 +474,7 @@ def test_the_command_imports_with_the_collector_off_and_runs_with_it_on(tmp_path
     seen = json.loads(done.stdout.strip().splitlines()[-1])
     assert seen["while_importing"] is False  # main() starts (and imports the resources) with it off
     assert seen["enabled"] is True and seen["frozen"] > 50_000  # the runs: on, the imports' objects frozen
-    assert seen["full"] - seen["full_before"] == 1  # their garbage collected once, not frozen with them
+    assert seen["full"] - seen["full_before"] == 0  # no full collection first: it took 0.12-0.14 s to find ~800 objects
     assert (seen["rc"], seen["after"]) == (0, True)
 
 
