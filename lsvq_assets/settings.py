@@ -83,7 +83,7 @@ SETTINGS: tuple[Setting, ...] = (
     S('clip_source', 'archive_url_template', str, DEFAULT_ARCHIVE_URL_TEMPLATE, 'LSVQ_ARCHIVE_URL_TEMPLATE', '--archive-url-template', 'one archive per folder, {folder}'),
     S('clip_source', 'local_clips', str, '', 'LSVQ_LOCAL_CLIPS', '--local-clips', 'directory of already extracted clips, for --source local', path=True),
     S('clip_source', 'keep_archives', bool, False, 'LSVQ_KEEP_ARCHIVES', '--keep-archives', 'download each folder archive to disk and keep it (else extracted as it arrives)'),
-    S('clip_source', 'concurrency', int, 64, 'LSVQ_CONCURRENCY', '--concurrency', 'most clips downloaded at once per partition run: from 16, doubled while the server is slow to answer, halved when it pushes back (429, 503, refused)', rule='positive'),
+    S('clip_source', 'concurrency', int, 64, 'LSVQ_CONCURRENCY', '--concurrency', 'most clips downloaded at once per partition run: from 16, doubled while the server is slow to answer, halved when it pushes back (429, 503, refused connections, timeouts)', rule='positive'),
     S('clip_source', 'download_timeout_s', float, 120.0, 'LSVQ_DOWNLOAD_TIMEOUT_S', '--download-timeout-s', 'connect and read timeout per request, seconds; a download still under 16 KiB/s after that long is abandoned (transient)', rule='positive'),
     S('clip_source', 'max_attempts', int, 4, 'LSVQ_MAX_ATTEMPTS', '--max-attempts', 'requests per clip within one run for transient failures', rule='positive'),
     S('clip_source', 'hf_token_file', str, '', 'LSVQ_HF_TOKEN_FILE', '--hf-token-file', 'file holding a Hugging Face access token (else $HF_TOKEN); sent only to the archive host', path=True),

@@ -910,25 +910,49 @@ def test_a_cookie_a_server_sets_is_sent_back_as_the_session_would(tmp_path: Path
 
 def test_window_doubles_while_waiting_dominates_halves_on_push_back_and_keeps_its_bounds() -> None:
     w = Window(start=4, cap=16)
-    for _ in range(3):  # a window's worth of downloads that mostly waited for the server
-        w.finished(0.1, 0.12, pushed_back=False)
+
+    def done(n: int, waited: float, total: float, *, ok: bool = True, pushed_back: bool = False) -> None:
+        for _ in range(n):
+            with w.slot() as epoch:
+                assert epoch is not None
+            w.finished(epoch, waited, total, ok=ok, pushed_back=pushed_back)
+
+    done(3, 0.1, 0.12)  # downloads that mostly waited for the server
     assert w.limit == 4  # no decision before a window's worth has finished
-    w.finished(0.1, 0.12, pushed_back=False)
+    done(1, 0.1, 0.12)
     assert w.limit == 8
-    for _ in range(8):
-        w.finished(0.1, 0.12, pushed_back=False)
+    done(8, 0.1, 0.12)
     assert w.limit == 16
-    for _ in range(32):
-        w.finished(0.1, 0.12, pushed_back=False)
-    assert w.limit == w.largest == 16  # the cap
-    w.finished(0.01, 0.02, pushed_back=True)
+    done(32, 0.1, 0.12)
+    assert w.limit == 16  # the cap
+    done(40, 0.1, 0.101, ok=False)  # failures (a 404 is all waiting) are not counted
+    assert w.limit == 16
+    done(1, 0.01, 0.02, pushed_back=True)
     assert w.limit == 8
-    for _ in range(16):  # reading the bodies is what takes the time: more at once would not help
-        w.finished(0.001, 0.2, pushed_back=False)
+    done(8, 0.001, 0.2)  # reading the bodies is what takes the time: more at once would not help
     assert w.limit == 8
     for _ in range(5):
-        w.finished(0.0, 0.0, pushed_back=True)
-    assert w.limit == 1 and w.largest == 16
+        done(1, 0.0, 0.0, pushed_back=True)
+    assert w.limit == 1 and w.most_running == 1
+    done(1, 0.001, 0.2)  # a window's worth without push-back: back towards where it started...
+    assert w.limit == 2
+    done(2, 0.001, 0.2)
+    assert w.limit == 4
+    done(8, 0.001, 0.2)  # ...and no further while the bodies take the time
+    assert w.limit == 4
+
+
+def test_a_burst_of_push_back_halves_the_window_once() -> None:
+    """The downloads already under way when the server pushed back do not halve it again."""
+    w = Window(start=16, cap=64)
+    slots = [w.slot() for _ in range(16)]
+    epochs = [s.__enter__() for s in slots]
+    assert w.most_running == 16
+    for s, epoch in zip(slots, epochs, strict=True):  # all 16 met a 429
+        s.__exit__(None, None, None)
+        assert epoch is not None
+        w.finished(epoch, 0.01, 0.02, ok=False, pushed_back=True)
+    assert w.limit == 8
 
 
 def _fetch_all(source: UrlClipSource, names: list[str], root: Path) -> dict[str, ClipResult]:
@@ -946,11 +970,12 @@ def _fetch_all(source: UrlClipSource, names: list[str], root: Path) -> dict[str,
 def test_a_server_slow_to_answer_gets_more_connections_up_to_the_cap(loopback: LoopbackServer, tmp_path: Path) -> None:
     names = [f"f/{i:03d}.mp4" for i in range(240)]
     blobs = {n: loopback.put_random(n, 4000) for n in names}
-    loopback.latency_s = 0.05  # every answer waits: the downloads are latency, not bytes
+    loopback.latency_s = 0.1  # every answer waits: the downloads are latency, not bytes
     source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0)
     results = _fetch_all(source, names, tmp_path)
     assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) for n in names)
-    assert source.window is not None and source.window.largest == 64
+    assert source.window is not None and source.window.limit == 64 and source.window.most_running > START_WINDOW
+    assert source.metadata() == {"downloads_at_once": source.window.most_running}
     assert START_WINDOW < loopback.connections <= 64
 
 
@@ -961,7 +986,7 @@ def test_bodies_that_take_the_time_keep_the_window_where_it_starts(loopback: Loo
     source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0)
     results = _fetch_all(source, names, tmp_path)
     assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) for n in names)
-    assert source.window is not None and source.window.largest == START_WINDOW
+    assert source.window is not None and source.window.limit == START_WINDOW and source.window.most_running <= START_WINDOW
 
 
 def test_a_server_that_pushes_back_gets_fewer_downloads_at_once(loopback: LoopbackServer, tmp_path: Path) -> None:
@@ -971,13 +996,13 @@ def test_a_server_that_pushes_back_gets_fewer_downloads_at_once(loopback: Loopba
     source = UrlClipSource(loopback.base_url + "/{name}{suffix}", concurrency=64, timeout_s=5.0, backoff_base_s=0.01)
     results = _fetch_all(source, names, tmp_path)
     assert all(results[n].ok and results[n].sha256 == sha(blobs[n]) and results[n].attempts == 2 for n in names)
-    assert source.window is not None and source.window.limit < START_WINDOW and source.window.largest == START_WINDOW
+    assert source.window is not None and source.window.limit < START_WINDOW and source.window.most_running <= START_WINDOW
 
 
 def test_a_closed_window_starts_nothing_more() -> None:
     """When a run is stopped, the downloads waiting for a place are told to start none."""
     w = Window(start=1, cap=1)
-    told: list[bool] = []
+    told: list[int | None] = []
     with w.slot() as first:
         waiter = threading.Thread(target=lambda: told.extend(_held(w)))
         waiter.start()
@@ -985,11 +1010,11 @@ def test_a_closed_window_starts_nothing_more() -> None:
         assert waiter.is_alive() and not told  # the window is full: it waits
         w.close()
         waiter.join(5)
-    assert first and told == [False]
+    assert first is not None and told == [None]
     with w.slot() as later:
-        assert not later
+        assert later is None
 
 
-def _held(w: Window) -> list[bool]:
+def _held(w: Window) -> list[int | None]:
     with w.slot() as held:
         return [held]

@@ -58,8 +58,9 @@ class FetchFailure:
 
 
 #: Failures that say "fewer requests at once, please": the server's own words, or a connection it
-#: refused, dropped or left unanswered.
-PUSH_BACK_REASONS = ("http-429", "http-503", "connection-error: refused", "connection-error: reset", "timeout")
+#: refused or left unanswered. Not a reset: a server closing an idle keep-alive connection as the
+#: client reuses it looks the same, and is no sign of load.
+PUSH_BACK_REASONS = ("http-429", "http-503", "connection-error: refused", "timeout")
 
 
 def is_push_back(failure: FetchFailure | None) -> bool:

@@ -36,7 +36,7 @@ class FetchResult:
     attempts: int  # HTTP requests made (retries and redirect hops included)
     elapsed_s: float
     waited_s: float = 0.0  # of elapsed_s, waiting for the server's answers (request sent, headers back)
-    pushed_back: bool = False  # an attempt met 429, 503, a refused or reset connection or a timeout
+    pushed_back: bool = False  # an attempt met 429, 503, a refused connection or a timeout
 
 
 class HttpFetcher(HttpClient):

@@ -4,10 +4,14 @@ A download waits for the server's answer (its headers) and then reads the body. 
 downloads spent most of their time waiting, the server is far away or slow to answer, and more
 connections at once get more done: the window doubles, up to its cap. When they spent it reading,
 hashing and writing, more connections only compete for the same bytes and CPU: the window stays.
-When the server pushes back (429, 503, refused or reset connections, timeouts) the window halves.
+When the server pushes back (429, 503, refused connections, timeouts) the window halves,
+once for a burst: a download that started before the last change of the window does not halve it
+again. After a cut, a window's worth of downloads without push-back brings it back up towards
+where it started, whatever they waited for.
 
-A decision is taken once a window's worth of downloads has finished since the last one, so the
-window reaches its cap in a few round trips (16, 32, 64) and never grows on one odd answer.
+A decision is taken once a window's worth of successful downloads has finished since the last
+change, so the window reaches its cap in a few round trips (16, 32, 64) and never moves on one odd
+answer. Failed downloads (a 404, a 500) say nothing about the latency and are not counted.
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ class Window:
         if cap < 1:
             raise ValueError("cap must be >= 1")
         self.cap = cap
-        self.limit = max(1, min(start, cap))
-        self.largest = self.limit  # the widest the window was (reported in the asset's metadata)
+        self.start = self.limit = max(1, min(start, cap))
+        self.most_running = 0  # the most downloads that ran at once (reported in the asset's metadata)
         self._running = 0
         self._closed = False
+        self._epoch = 0  # bumped at every change of the limit
         self._cond = threading.Condition()
         self._reset()
 
@@ -41,24 +46,32 @@ class Window:
         self._waited_s = 0.0
         self._total_s = 0.0
 
+    def _set(self, limit: int) -> None:
+        self.limit = limit
+        self._epoch += 1
+        self._reset()
+        self._cond.notify_all()
+
     @contextmanager
-    def slot(self) -> Iterator[bool]:
+    def slot(self) -> Iterator[int | None]:
         """Hold one of the window's places while a download runs (blocks while the window is full).
 
-        Yields False, holding nothing, once the window is closed: start no download then.
+        Yields the window's epoch, to hand to :meth:`finished`; None, holding nothing, once the
+        window is closed: start no download then.
         """
         with self._cond:
             while self._running >= self.limit and not self._closed:
                 self._cond.wait()
             if self._closed:
-                held = False
+                epoch = None
             else:
-                held = True
+                epoch = self._epoch
                 self._running += 1
+                self.most_running = max(self.most_running, self._running)
         try:
-            yield held
+            yield epoch
         finally:
-            if held:
+            if epoch is not None:
                 with self._cond:
                     self._running -= 1
                     self._cond.notify()
@@ -69,20 +82,22 @@ class Window:
             self._closed = True
             self._cond.notify_all()
 
-    def finished(self, waited_s: float, total_s: float, pushed_back: bool) -> None:
-        """One download's times (waiting for the answer, in all) and whether the server pushed back."""
+    def finished(self, epoch: int, waited_s: float, total_s: float, *, ok: bool, pushed_back: bool) -> None:
+        """One download's outcome: the epoch it started in, its times (waiting for answers, in all),
+        whether it succeeded and whether the server pushed back."""
         with self._cond:
             if pushed_back:
-                self.limit = max(1, self.limit // 2)
-                self._reset()
+                if epoch == self._epoch:  # one cut a burst: the downloads already under way do not cut again
+                    self._set(max(1, self.limit // 2))
+                return
+            if not ok:
                 return
             self._finished += 1
             self._waited_s += waited_s
             self._total_s += total_s
             if self._finished < self.limit:
                 return
-            if self.limit < self.cap and self._waited_s > WAITING_SHARE * self._total_s:
-                self.limit = min(self.cap, 2 * self.limit)
-                self.largest = max(self.largest, self.limit)
-                self._cond.notify_all()
-            self._reset()
+            if self.limit < self.start or (self.limit < self.cap and self._waited_s > WAITING_SHARE * self._total_s):
+                self._set(min(self.cap, 2 * self.limit))
+            else:
+                self._reset()

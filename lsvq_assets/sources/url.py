@@ -71,11 +71,11 @@ class UrlClipSource(ClipSource):
         if bad := check_url(url):
             on_result(ClipResult(row.src, ok=False, reason=bad))
             return
-        with window.slot() as held:
-            if not held:
+        with window.slot() as epoch:
+            if epoch is None:
                 return  # the run is being stopped: this clip is left for the next one
             res = self.fetcher.fetch(url, layout.clip_path(row.src))
-        window.finished(res.waited_s, res.elapsed_s, res.pushed_back)
+        window.finished(epoch, res.waited_s, res.elapsed_s, ok=res.ok, pushed_back=res.pushed_back)
         reason = res.reason
         if res.http_status in AUTH_STATUSES and reason == f"http-{res.http_status}":
             reason = f"{reason}: {AUTH_HINT}"  # transient: retried next run, never recorded as a bad clip
@@ -83,19 +83,19 @@ class UrlClipSource(ClipSource):
 
     def fetch(self, rows: Sequence[ManifestRow], layout: Layout, on_result: OnResult) -> None:
         self.window = window = Window(START_WINDOW, self.concurrency)
-        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="lsvq-fetch") as pool:
-            futures = [pool.submit(self._one, row, layout, on_result, window) for row in rows]
-            try:
-                for fut in futures:
-                    fut.result()
-            except BaseException:  # Ctrl-C / SIGTERM (Dagster's interrupt): start no more downloads
-                window.close()
-                for fut in futures:
-                    fut.cancel()
-                raise
+        pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="lsvq-fetch")
+        try:
+            for fut in [pool.submit(self._one, row, layout, on_result, window) for row in rows]:
+                fut.result()
+        except BaseException:  # Ctrl-C / SIGTERM (Dagster's interrupt): start no more downloads, retry none
+            window.close()
+            self.fetcher.close()  # a download waiting to retry stops waiting; what is being read ends
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+        pool.shutdown(wait=True)
 
     def metadata(self) -> dict[str, int]:
-        return {"downloads_at_once": self.window.largest} if self.window else {}
+        return {"downloads_at_once": self.window.most_running if self.window else 0}
 
     def close(self) -> None:
         self.fetcher.close()
