@@ -523,3 +523,46 @@ def test_the_command_ends_without_the_interpreter_teardown_its_output_whole(tmp_
     else:
         assert done.returncode == 2 and done.stderr.startswith("error: ") and "missing.txt" in done.stderr, done.stderr
     assert lines[-1] == "atexit ran" and "torn down" not in done.stdout
+
+
+def test_after_a_cli_run_the_ui_finds_nothing_stale_or_missing(
+    tmp_path: Path, corpus: Corpus, served, cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The UI opened as the CLI says (its printed variables, its instance) has nothing for "Materialize
+    stale and missing" to launch: every partition of every partitioned asset materialised and fresh, the
+    shard fresh, as the UI computes staleness."""
+    import dagster as dg
+    from dagster._core.asset_graph_view.asset_graph_view import AssetGraphView, TemporalContext
+    from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
+    from dagster._time import get_current_datetime
+
+    from lsvq_assets.definitions import build_defs
+    from lsvq_assets.partitions import PARTITIONS_NAME
+
+    run = cli(
+        "--lsvq-dir", str(tmp_path / "work"), "--manifest-csv", str(corpus.csv), "--min-csv-rows", "1", "--full",
+        "--clip-url-template", served.base_url + "/{name}{suffix}", cwd=tmp_path,
+    )  # fmt: skip
+    assert run.code == 0, run.err
+    words = shlex.split(next(line for line in run.out.splitlines() if "dagster dev" in line).split(": ", 1)[1])
+    for var, value in (w.split("=", 1) for w in words[: words.index("dagster")]):
+        monkeypatch.setenv(var, value)
+    defs = build_defs()  # what the UI's code location loads from those variables
+    with dg.DagsterInstance.get() as instance:
+        graph = defs.resolve_asset_graph()
+        view = AssetGraphView(temporal_context=TemporalContext(effective_dt=get_current_datetime(), last_event_id=None), instance=instance, asset_graph=graph)
+        resolver = CachingStaleStatusResolver(instance, graph, view)
+        keys = set(instance.get_dynamic_partitions(PARTITIONS_NAME))
+        assert keys == {c.src.split("/", 1)[0] for c in corpus.clips}
+        status: dict[str, str] = {}
+        for asset in graph.get_all_asset_keys():
+            if not graph.get(asset).is_materializable:
+                continue
+            if graph.get(asset).is_partitioned:
+                assert instance.get_materialized_partitions(asset) == keys, asset  # nothing missing
+                status.update({f"{asset.to_user_string()}[{k}]": resolver.get_status(asset, k).value for k in keys})
+            else:
+                assert instance.get_latest_materialization_event(asset) is not None, asset
+                status[asset.to_user_string()] = resolver.get_status(asset).value
+    assert any(name.startswith("lsvq_shard") for name in status) and any("lsvq_clips[" in name for name in status)
+    assert {k: v for k, v in status.items() if v != StaleStatus.FRESH.value} == {}
