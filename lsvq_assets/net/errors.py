@@ -60,7 +60,7 @@ class FetchFailure:
 #: Failures that say "fewer requests at once, please": the server's own words, or a connection it
 #: refused or left unanswered. Not a reset: a server closing an idle keep-alive connection as the
 #: client reuses it looks the same, and is no sign of load.
-PUSH_BACK_REASONS = ("http-429", "http-503", "connection-error: refused", "timeout")
+PUSH_BACK_REASONS = frozenset({*(f"http-{s}" for s in RETRY_AFTER_STATUSES), "connection-error: refused", "timeout"})
 
 
 def is_push_back(failure: FetchFailure | None) -> bool:

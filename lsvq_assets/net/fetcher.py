@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lsvq_assets.core.urls import check_url
-from lsvq_assets.net.client import Attempt, HttpClient
+from lsvq_assets.net.client import Attempt, HttpClient, Opened
 from lsvq_assets.net.errors import NETWORK_ERRORS, classify_network_error, is_push_back
 from lsvq_assets.net.stream import stream_to_file
 
@@ -53,28 +53,26 @@ class HttpFetcher(HttpClient):
         bad = check_url(url)
         if bad is not None:
             return FetchResult(False, None, None, None, bad, False, 0, time.monotonic() - started)
-        waited = [0.0]
-        pushed_back = [False]
+        waited, pushed_back = 0.0, False
 
         def once() -> Attempt:
-            out = self._try_once(url, dest, waited)
-            pushed_back[0] = pushed_back[0] or is_push_back(out.failure)
+            nonlocal waited, pushed_back
+            sent = time.monotonic()
+            opened = self.open(url)
+            waited += time.monotonic() - sent  # the server's answer: request sent, headers back
+            out = self._read_body(opened, dest)
+            pushed_back = pushed_back or is_push_back(out.failure)
             return out
 
         out, attempts = self.retrying(once)
         elapsed = time.monotonic() - started
         if out.ok:
-            return FetchResult(True, out.sha256, out.size, out.http_status, None, False, attempts, elapsed, waited[0], pushed_back[0])
+            return FetchResult(True, out.sha256, out.size, out.http_status, None, False, attempts, elapsed, waited, pushed_back)
         failure = out.failure
         assert failure is not None
-        return FetchResult(
-            False, None, None, out.http_status, failure.reason, failure.transient, attempts, elapsed, waited[0], pushed_back[0]
-        )
+        return FetchResult(False, None, None, out.http_status, failure.reason, failure.transient, attempts, elapsed, waited, pushed_back)
 
-    def _try_once(self, url: str, dest: Path, waited: list[float]) -> Attempt:
-        sent = time.monotonic()
-        opened = self.open(url)
-        waited[0] += time.monotonic() - sent
+    def _read_body(self, opened: Opened, dest: Path) -> Attempt:
         if opened.response is None:
             return opened.attempt()
         try:
